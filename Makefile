@@ -1,0 +1,41 @@
+# Two commands take a fresh clone to a working demo and a green test run:
+#   make demo    # venv + pinned torch + triton + build of csrc/, then the demo
+#   make test    # the same setup, then the test suite
+# Both are idempotent: the setup step re-runs only when the build inputs change.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# torch is pinned: a bare `torch` pulls a multi-GB CUDA build; 2.13.0 is the CPU build on disk.
+TORCH_PIN  ?= torch==2.13.0
+TRITON_PIN ?= triton==3.9.0
+STAMP  := $(VENV)/.specdecode-installed
+BUILD_INPUTS := setup.py $(wildcard csrc/*.cpp csrc/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): $(BUILD_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_PIN) $(TRITON_PIN) numpy pytest scipy ninja setuptools wheel
+	$(PIP) install -q --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m specdecode demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The long statistical runs (marked `slow`), on top of the default suite.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q tests -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info specdecode/_C*.so
