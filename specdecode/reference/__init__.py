@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: the spec in code. Tests compare the C++ and Triton kernels to these."""
