@@ -24,7 +24,7 @@ for case in all_cases():
             rows.append(dict(name=case.name, target=target, ok=True, registers=r.registers,
                              spills=r.spills, shared=r.shared_bytes, vec16=r.vector_loads_16b))
         except Exception as exc:  # report every failure, not just the first
-            rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[:2000]))
+            rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[-1500:]))
 json.dump(rows, sys.stdout)
 """
 

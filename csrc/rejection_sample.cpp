@@ -1,0 +1,236 @@
+// CPU kernel of torch.ops.specdecode.rejection_sample: lossless speculative sampling.
+// The algorithm is specdecode/reference/rejection.py (read its docstring first); this file
+// follows it row by row, with OpenMP across rows. Per row it reads the K gathered
+// probabilities, then only the one target row (and draft row) it samples the emitted token from.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "philox.h"
+
+namespace specdecode {
+namespace {
+
+// The inverse-CDF scan works on blocks: one streaming pass stores block sums, then the search
+// walks block sums and re-reads a single block, so a row is read about once, not twice.
+constexpr int64_t kScanBlock = 256;
+
+// w(v) = max(0, q(v) - p(v)), NaN -> 0. p is a dense row, one-hot at `one_hot_id`, or absent.
+template <typename scalar_t>
+struct ResidualWeights {
+  const scalar_t* q;
+  const scalar_t* p;       // nullptr: no dense draft row
+  int64_t one_hot_id;      // >= 0: p is one-hot here (draft-probability-free proposers)
+  float operator()(int64_t v) const {
+    float diff = static_cast<float>(q[v]);
+    if (p != nullptr) diff -= static_cast<float>(p[v]);
+    if (v == one_hot_id) diff -= 1.0f;
+    return diff > 0.0f ? diff : 0.0f;
+  }
+};
+
+template <typename Weights>
+double block_sum(const Weights& weight, int64_t begin, int64_t end) {
+  // Eight independent lanes let the compiler vectorise without reassociating one chain.
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t v = begin;
+  for (; v + 8 <= end; v += 8) {
+    for (int lane = 0; lane < 8; ++lane) lanes[lane] += weight(v + lane);
+  }
+  double sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; v < end; ++v) sum += weight(v);
+  return sum;
+}
+
+template <typename Weights>
+int64_t last_positive_in(const Weights& weight, int64_t begin, int64_t end) {
+  for (int64_t v = end - 1; v >= begin; --v) {
+    if (weight(v) > 0.0f) return v;
+  }
+  return -1;
+}
+
+// The smallest v with w(v) > 0 and cumsum(w)(v) > u * sum(w); -1 if sum(w) is not positive.
+template <typename Weights>
+int64_t sample_inverse_cdf(const Weights& weight, int64_t vocab_size, float u, std::vector<double>& block_sums) {
+  const int64_t num_blocks = (vocab_size + kScanBlock - 1) / kScanBlock;
+  block_sums.resize(num_blocks);
+  double total = 0.0;
+  for (int64_t block = 0; block < num_blocks; ++block) {
+    block_sums[block] = block_sum(weight, block * kScanBlock, std::min(vocab_size, (block + 1) * kScanBlock));
+    total += block_sums[block];
+  }
+  if (!(total > 0.0)) return -1;  // zero or NaN mass
+  const double threshold = static_cast<double>(u) * total;
+  double running = 0.0;
+  for (int64_t block = 0; block < num_blocks; ++block) {
+    const int64_t begin = block * kScanBlock, end = std::min(vocab_size, begin + kScanBlock);
+    if (running + block_sums[block] > threshold) {
+      for (int64_t v = begin; v < end; ++v) {
+        const float w = weight(v);
+        running += w;
+        if (w > 0.0f && running > threshold) return v;
+      }
+      // The in-block sum rounded below the block sum: the block still holds the sample.
+      return last_positive_in(weight, begin, end);
+    }
+    running += block_sums[block];
+  }
+  // Rounding put the threshold past the last block: take the last positive weight.
+  for (int64_t block = num_blocks - 1; block >= 0; --block) {
+    if (block_sums[block] > 0.0) {
+      return last_positive_in(weight, block * kScanBlock, std::min(vocab_size, (block + 1) * kScanBlock));
+    }
+  }
+  return -1;
+}
+
+// First index of the maximum, NaN ignored (NaN > x is false); 0 when there is no number.
+template <typename scalar_t>
+int64_t nan_safe_argmax(const scalar_t* row, int64_t vocab_size) {
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t best_id = 0;
+  for (int64_t v = 0; v < vocab_size; ++v) {
+    const float value = static_cast<float>(row[v]);
+    if (value > best) {
+      best = value;
+      best_id = v;
+    }
+  }
+  return best_id;
+}
+
+template <typename scalar_t>
+struct VerifyArgs {
+  const int64_t* draft_ids;  // [B, K] contiguous
+  const scalar_t* draft_probs;  // [B, K, V] or nullptr
+  const scalar_t* target_probs;  // [B, K+1, V]
+  const bool* greedy;  // [B]
+  const int64_t* seeds;  // [1] or [B]
+  const int64_t* offsets;  // [1] or [B]
+  int64_t num_seeds, num_offsets, num_drafts, vocab_size;
+  int64_t draft_stride_b, draft_stride_k, target_stride_b, target_stride_k;
+  int64_t* token_ids;  // [B, K+1]
+  int64_t* num_accepted;  // [B]
+};
+
+template <typename scalar_t>
+void verify_row(const VerifyArgs<scalar_t>& a, int64_t b, std::vector<double>& scratch) {
+  const int64_t K = a.num_drafts, V = a.vocab_size;
+  const uint64_t seed = static_cast<uint64_t>(a.seeds[a.num_seeds == 1 ? 0 : b]);
+  const uint64_t offset = static_cast<uint64_t>(a.offsets[a.num_offsets == 1 ? 0 : b]);
+  const uint32_t stream_row = a.num_seeds == 1 ? static_cast<uint32_t>(b) : 0u;
+  auto uniform = [&](int64_t slot) {
+    return uniform_from_word(philox_first_word(seed, static_cast<uint32_t>(slot), stream_row,
+                                               static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)));
+  };
+  auto target_row = [&](int64_t i) { return a.target_probs + b * a.target_stride_b + i * a.target_stride_k; };
+  auto draft_row = [&](int64_t i) { return a.draft_probs + b * a.draft_stride_b + i * a.draft_stride_k; };
+  const int64_t* drafts = a.draft_ids + b * K;
+  const bool is_greedy = a.greedy[b];
+
+  int64_t accepted = 0;
+  for (; accepted < K; ++accepted) {
+    const int64_t draft = drafts[accepted];
+    if (draft < 0 || draft >= V) break;  // placeholder: rejected, and nothing after it
+    const scalar_t* q = target_row(accepted);
+    bool accept;
+    if (is_greedy) {
+      accept = draft == nan_safe_argmax(q, V);
+    } else {
+      const float p_x = a.draft_probs ? static_cast<float>(draft_row(accepted)[draft]) : 1.0f;
+      accept = uniform(accepted) * p_x < static_cast<float>(q[draft]);  // strict: q(x) = 0 never passes
+    }
+    if (!accept) break;
+  }
+
+  const scalar_t* q_j = target_row(accepted);
+  int64_t emitted;
+  if (is_greedy) {
+    emitted = nan_safe_argmax(q_j, V);
+  } else {
+    const bool has_draft = accepted < K && drafts[accepted] >= 0 && drafts[accepted] < V;
+    const ResidualWeights<scalar_t> residual{
+        q_j, has_draft && a.draft_probs ? draft_row(accepted) : nullptr,
+        has_draft && !a.draft_probs ? drafts[accepted] : -1};
+    const float u = uniform(K);
+    emitted = sample_inverse_cdf(residual, V, u, scratch);
+    if (emitted < 0 && has_draft) {  // zero residual mass: fall back to the target row
+      emitted = sample_inverse_cdf(ResidualWeights<scalar_t>{q_j, nullptr, -1}, V, u, scratch);
+    }
+    if (emitted < 0) emitted = 0;  // no positive mass anywhere (NaN/zero row): stay in [0, V)
+  }
+
+  int64_t* out = a.token_ids + b * (K + 1);
+  for (int64_t i = 0; i <= K; ++i) out[i] = i < accepted ? drafts[i] : (i == accepted ? emitted : -1);
+  a.num_accepted[b] = accepted;
+}
+
+void check_inputs(const at::Tensor& draft_ids, const std::optional<at::Tensor>& draft_probs,
+                  const at::Tensor& target_probs, const at::Tensor& greedy, const at::Tensor& seeds,
+                  const at::Tensor& offsets) {
+  TORCH_CHECK(draft_ids.dim() == 2 && draft_ids.scalar_type() == at::kLong && draft_ids.is_contiguous(),
+              "draft_token_ids must be a contiguous [B, K] int64 tensor");
+  const int64_t B = draft_ids.size(0), K = draft_ids.size(1);
+  TORCH_CHECK(target_probs.dim() == 3 && target_probs.size(0) == B && target_probs.size(1) == K + 1,
+              "target_probs must be [B, K+1, V]");
+  TORCH_CHECK(target_probs.size(2) > 0 && target_probs.stride(2) == 1, "target_probs must have V > 0, unit stride");
+  if (draft_probs) {
+    TORCH_CHECK(draft_probs->dim() == 3 && draft_probs->size(0) == B && draft_probs->size(1) == K &&
+                    draft_probs->size(2) == target_probs.size(2) && draft_probs->stride(2) == 1,
+                "draft_probs must be [B, K, V] with unit stride in V");
+    TORCH_CHECK(draft_probs->scalar_type() == target_probs.scalar_type(), "draft_probs and target_probs dtypes differ");
+  }
+  TORCH_CHECK(greedy.dim() == 1 && greedy.size(0) == B && greedy.scalar_type() == at::kBool && greedy.is_contiguous(),
+              "greedy must be a contiguous [B] bool tensor");
+  for (const auto* t : {&seeds, &offsets}) {
+    TORCH_CHECK(t->dim() == 1 && (t->size(0) == 1 || t->size(0) == B) && t->scalar_type() == at::kLong &&
+                    t->is_contiguous(),
+                "seeds and offsets must be contiguous int64 tensors of shape [1] or [B]");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> rejection_sample_cpu(const at::Tensor& draft_token_ids,
+                                                        const std::optional<at::Tensor>& draft_probs,
+                                                        const at::Tensor& target_probs, const at::Tensor& greedy,
+                                                        const at::Tensor& seeds, const at::Tensor& offsets) {
+  check_inputs(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets);
+  const int64_t B = draft_token_ids.size(0), K = draft_token_ids.size(1), V = target_probs.size(2);
+  auto token_ids = at::empty({B, K + 1}, draft_token_ids.options());
+  auto num_accepted = at::empty({B}, draft_token_ids.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target_probs.scalar_type(), "rejection_sample_cpu", [&] {
+    VerifyArgs<scalar_t> args{
+        draft_token_ids.data_ptr<int64_t>(),
+        draft_probs ? draft_probs->data_ptr<scalar_t>() : nullptr,
+        target_probs.data_ptr<scalar_t>(),
+        greedy.data_ptr<bool>(),
+        seeds.data_ptr<int64_t>(),
+        offsets.data_ptr<int64_t>(),
+        seeds.size(0), offsets.size(0), K, V,
+        draft_probs ? draft_probs->stride(0) : 0, draft_probs ? draft_probs->stride(1) : 0,
+        target_probs.stride(0), target_probs.stride(1),
+        token_ids.data_ptr<int64_t>(), num_accepted.data_ptr<int64_t>()};
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> scratch;  // block sums, reused across this thread's rows
+      for (int64_t b = begin; b < end; ++b) verify_row(args, b, scratch);
+    });
+  });
+  return {token_ids, num_accepted};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(specdecode, m) {
+  m.def(
+      "rejection_sample(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor greedy, "
+      "Tensor seeds, Tensor offsets) -> (Tensor token_ids, Tensor num_accepted)");
+}
+
+TORCH_LIBRARY_IMPL(specdecode, CPU, m) { m.impl("rejection_sample", &rejection_sample_cpu); }
+
+}  // namespace specdecode
