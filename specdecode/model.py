@@ -1,0 +1,237 @@
+"""A small Llama-style decoder in plain PyTorch, with a static KV cache addressed by positions.
+
+Follows gpt-fast (preallocated cache, position-tensor addressing, logits for every position)
+and Meta's llama reference (RMSNorm, RoPE, SwiGLU, grouped-query attention). What it adds for
+speculative decoding:
+
+- every row of a batch has its own positions (``input_pos [B, T]``), so rows that accepted
+  different numbers of draft tokens can share one batch, and rolling a row back is just
+  moving its length back: stale cache entries beyond a row's position are masked out and
+  later overwritten;
+- the attention mask is built from positions (key position ``<=`` query position), so a
+  multi-token step at a non-zero offset (the verify step) is correct — the square-mask bug of
+  meta-llama/llama#494 cannot happen;
+- the cache is plain tensors with the batch in dim 0 (``KVCache.tensors()``), so Speculative
+  Rejection can compact survivors in place and copy a prefilled prompt to many rows.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specdecode.tokenizer import VOCAB_SIZE
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = VOCAB_SIZE  # 256 bytes + BOS/EOS/PAD (specdecode.tokenizer)
+    n_layers: int = 4
+    dim: int = 256
+    n_heads: int = 8
+    n_kv_heads: int = 2  # grouped-query attention: n_heads // n_kv_heads query heads share a K/V head
+    hidden_dim: int = 0  # SwiGLU width; 0 = llama's rule, 2/3 of 4*dim rounded up to a multiple of 32
+    max_seq_len: int = 1024  # length of the RoPE tables, the longest position the model can address
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
+                             f"and n_heads by n_kv_heads ({self.n_kv_heads})")
+        if self.hidden_dim == 0:
+            self.hidden_dim = -(-(2 * 4 * self.dim // 3) // 32) * 32
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Preallocated keys and values: per layer ``[batch, max_seq_len, n_kv_heads, head_dim]``.
+
+    Rows ``0..B-1`` serve a forward pass of batch ``B``, so after compacting survivors into the
+    first rows a smaller batch just keeps going. ``lengths [batch]`` (int64) is the number of
+    valid positions of each row; the model reads it as the default start position but never
+    changes it — the caller advances it after accepting tokens and moves it back to roll back.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, max_seq_len: int, n_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype, device: torch.device | str | None = None):
+        shape = (batch_size, max_seq_len, n_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.int64, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.k[0].shape[1]
+
+    def tensors(self) -> list[Tensor]:
+        """Every cache tensor (batch in dim 0), for in-place compaction. ``lengths`` is
+        per-row state too: compact it along with these."""
+        return [*self.k, *self.v]
+
+    def bytes_per_token(self) -> int:
+        """KV bytes one position of one row occupies (all layers, K and V)."""
+        return sum(t[0, 0].numel() * t.element_size() for t in self.tensors())
+
+    def copy_rows_(self, src_rows: Tensor, dst_rows: Tensor, length: int | None = None) -> None:
+        """``row dst_rows[i] <- row src_rows[i]`` for the first ``length`` positions (all if None),
+        and its length. One prompt prefilled once can so be shared by its N candidates."""
+        end = self.max_seq_len if length is None else length
+        for t in self.tensors():
+            t[dst_rows, :end] = t[src_rows, :end]
+        self.lengths[dst_rows] = self.lengths[src_rows]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(config: ModelConfig) -> tuple[Tensor, Tensor]:
+    """cos and sin, ``[max_seq_len, head_dim // 2]`` float32, for the rotate-half RoPE form."""
+    half = config.head_dim // 2
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = torch.arange(config.max_seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [B, T, H, D]`` by its positions; ``cos``/``sin`` are ``[B, T, 1, D/2]``."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        kv_dim = config.n_kv_heads * config.head_dim
+        self.wqkv = nn.Linear(config.dim, config.dim + 2 * kv_dim, bias=False)  # fused, split below
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                input_pos: Tensor, cache_k: Tensor | None, cache_v: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        kv_dim = self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([C, kv_dim, kv_dim], dim=-1)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)  # (B, T, H, D)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)  # (B, T, Hkv, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if cache_k is not None:
+            rows = torch.arange(B, device=x.device)[:, None]
+            cache_k[rows, input_pos] = k  # each row writes at its own positions
+            cache_v[rows, input_pos] = v
+            k, v = cache_k[:B], cache_v[:B]  # (B, S, Hkv, D): the mask hides what is not yet valid
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T or S, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)``, with w1 and w3 fused into one matmul."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w13 = nn.Linear(config.dim, 2 * config.hidden_dim, bias=False)
+        self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x, cos, sin, mask, input_pos, cache_k, cache_v):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos, cache_k, cache_v)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer. ``forward`` returns logits for every input position."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        cos, sin = rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
+        """A zeroed cache for up to ``batch_size`` rows of ``max_seq_len`` positions, in the
+        model's dtype and device."""
+        c, w = self.config, self.output.weight
+        max_seq_len = c.max_seq_len if max_seq_len is None else max_seq_len
+        if max_seq_len > c.max_seq_len:
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range {c.max_seq_len}")
+        return KVCache(c.n_layers, batch_size, max_seq_len, c.n_kv_heads, c.head_dim, w.dtype, w.device)
+
+    def forward(self, tokens: Tensor, input_pos: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """Logits ``[B, T, vocab]`` for every position of ``tokens [B, T]`` (int64).
+
+        ``input_pos``: ``[B, T]`` int64 positions of each token, or ``[B]`` start positions
+        (row ``b`` then sits at ``start[b] .. start[b]+T-1``); default ``cache.lengths`` with a
+        cache and ``0..T-1`` without. With a cache, each row's K/V is written at its positions
+        and every token attends to cached positions ``<=`` its own: prefill, 1-token decode and
+        (K+1)-token verify are all this one call. Positions must be ``< cache.max_seq_len``
+        (not checked: it would need a device sync).
+        """
+        B, T = tokens.shape
+        steps = torch.arange(T, device=tokens.device)
+        plain_causal = cache is None and input_pos is None  # training and scoring: SDPA's fast path
+        if input_pos is None:
+            input_pos = (cache.lengths[:B, None] + steps) if cache is not None else steps.expand(B, T)
+        elif input_pos.dim() == 1:
+            input_pos = input_pos[:, None] + steps
+        if plain_causal:
+            mask = None
+        else:
+            key_pos = torch.arange(cache.max_seq_len, device=tokens.device) if cache is not None else input_pos
+            mask = key_pos.expand(B, -1)[:, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, S)
+        cos = self.rope_cos[input_pos][:, :, None, :].to(self.output.weight.dtype)  # (B, T, 1, D/2)
+        sin = self.rope_sin[input_pos][:, :, None, :].to(self.output.weight.dtype)
+
+        x = self.tok_embeddings(tokens)  # (B, T, C)
+        for i, layer in enumerate(self.layers):
+            cache_k = cache.k[i] if cache is not None else None
+            cache_v = cache.v[i] if cache is not None else None
+            x = layer(x, cos, sin, mask, input_pos, cache_k, cache_v)
+        return self.output(self.norm(x))  # (B, T, vocab)
