@@ -7,4 +7,4 @@ The launchers take tensors on any device Triton can run on: CUDA, or CPU tensors
 """
 
 # Modules with kernels; each defines aot_cases() (see _aot.py). Add new kernel modules here.
-KERNEL_MODULES = ["rejection_sample"]
+KERNEL_MODULES = ["rejection_sample", "topk_prune", "compact_kv"]

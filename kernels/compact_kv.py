@@ -1,0 +1,123 @@
+"""Triton kernel for in-place, order-preserving row compaction (``compact_rows_``).
+
+Row ``kept[i]`` along the batch dim moves to row ``i``. The reference is
+``specdecode/reference/pruning.py::compact``; ``csrc/compact_kv.cpp`` is the CPU twin.
+
+Why the parallel kernel has no race, and needs no scratch: ``kept`` is strictly ascending, so
+``kept[i] >= i`` -- every destination is at or before its source. One *sequential* pass in
+ascending ``i`` is therefore a correct in-place compaction: step ``i`` reads row ``kept[i] >= i``,
+which no earlier step wrote (they wrote rows ``< i``), and writes row ``i``, whose old contents
+the step ``j <= i`` with ``kept[j] == i`` already read. The kernel parallelises across
+*columns*, not rows: each program owns one tile of element positions inside a row (the same
+positions in every row) and runs the whole ascending pass over ``i`` on that tile. Programs never
+touch the same address, so they need no ordering between them; inside a program the loads and
+stores of a tile come in program order, and hoisting a later iteration's load above an earlier
+store (software pipelining) is still safe because iteration ``t`` reads row ``kept[t]``, which
+is written only at iteration ``kept[t] >= t``, never before. Each surviving row is read and
+written once; rows already in place (``kept[i] == i``) are not touched; rows ``>= N'`` are never
+written.
+
+Any dtype: the tensor is addressed as words of its element size (int8/16/32/64; 16-byte
+elements as two int64 words), so bits move unchanged (NaN payloads, int8 quantised caches).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._aot import AotCase
+
+
+@triton.jit
+def _compact_rows_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
+                         mid, outer_stride, mid_stride, inner, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_per_run = tl.cdiv(inner, BLOCK)
+    tile = pid % tiles_per_run
+    segment = pid // tiles_per_run  # (outer, mid) position of this program's run
+    segment_offset = (segment // mid).to(tl.int64) * outer_stride + (segment % mid).to(tl.int64) * mid_stride
+    columns = segment_offset + tile.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    lanes_in_run = inner - tile * BLOCK  # lanes below this are inside the run
+    lanes = tl.arange(0, BLOCK)
+    for i in range(0, num_kept):
+        row = tl.to_tensor(i).to(tl.int64)  # a plain int under the interpreter
+        source = tl.load(kept_ptr + row)
+        # Skip rows already in place, and never touch a row outside [0, num_rows) -- even for
+        # unvalidated indices (an integer limit, not a scalar and-ed into the mask: the
+        # interpreter rejects masks broadcast from a scalar).
+        moves = (source != row) & (source >= 0) & (source < num_rows)
+        active = lanes < tl.where(moves, lanes_in_run, 0)
+        values = tl.load(data_ptr + source * batch_stride + columns, mask=active)
+        tl.store(data_ptr + row * batch_stride + columns, values, mask=active)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+NUM_WARPS = 4
+_WORD_DTYPES = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_TILE_BYTES = 8192  # per program and iteration: 64 bytes per lane at 4 warps, four 16-byte moves
+
+
+def block_size(inner_words: int, word_bytes: int, interpreting: bool | None = None) -> int:
+    """Tile width in words: 8 KiB on GPU (the interpreter pays per tile: 256 KiB), never much
+    wider than the contiguous run."""
+    interpreting = _interpreting() if interpreting is None else interpreting
+    cap = (_TILE_BYTES * (32 if interpreting else 1)) // word_bytes
+    return max(16, min(triton.next_power_of_2(max(inner_words, 1)), cap))
+
+
+def _word_view(data: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A 1-D word tensor starting at ``data``'s first element, and words per element."""
+    element_bytes = data.element_size()
+    word_bytes = element_bytes if element_bytes in _WORD_DTYPES else 8
+    if element_bytes % word_bytes:
+        raise TypeError(f"compact_rows_: element size {element_bytes} bytes is not supported on this device")
+    per_element = element_bytes // word_bytes
+    storage = data.untyped_storage()
+    offset = data.storage_offset() * per_element
+    words = torch.empty(0, dtype=_WORD_DTYPES[word_bytes], device=data.device)
+    words.set_(storage, offset, (storage.nbytes() // word_bytes - offset,), (1,))
+    return words, per_element
+
+
+def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int) -> None:
+    """Launch the compaction. Arguments as ``torch.ops.specdecode.compact_rows_``: ``data`` any
+    dtype and rank, ``kept_indices [N']`` int64 on the same device (strictly ascending; values
+    are the caller's to check), ``batch_dim`` the row dim. Raises ``ValueError`` for layouts that
+    cannot be compacted in place. No host sync."""
+    from specdecode.pruning import row_layout  # the one layout rule, shared with the public checks
+
+    layout = row_layout(data, batch_dim)
+    num_kept = kept_indices.numel()
+    if num_kept == 0 or data.numel() == 0:
+        return
+    words, per_element = _word_view(data)
+    inner = layout.inner * per_element
+    block = block_size(inner, words.element_size())
+    grid = (layout.outer * layout.mid * triton.cdiv(inner, block),)
+    _compact_rows_kernel[grid](
+        words, kept_indices.contiguous(), num_kept, data.shape[batch_dim], layout.batch_stride * per_element,
+        layout.mid, layout.outer_stride * per_element, layout.mid_stride * per_element, inner,
+        BLOCK=block, num_warps=NUM_WARPS)
+
+
+def aot_cases() -> list[AotCase]:
+    """The launches compaction makes for KV caches: every word size at the full GPU tile, and a
+    narrow tile (head_dim-sized runs of a strided view)."""
+    cases = []
+    for word_bytes, word_dtype in _WORD_DTYPES.items():
+        pointer = {1: "*i8", 2: "*i16", 4: "*i32", 8: "*i64"}[word_bytes]
+        for block in (block_size(1 << 20, word_bytes, interpreting=False), 128):
+            signature = {"data_ptr": pointer, "kept_ptr": "*i64", "num_kept": "i32", "num_rows": "i32",
+                         "batch_stride": "i64", "mid": "i32", "outer_stride": "i64", "mid_stride": "i64",
+                         "inner": "i32", "BLOCK": "constexpr"}
+            cases.append(AotCase(f"compact_rows_[{str(word_dtype)[6:]},BLOCK={block}]", _compact_rows_kernel,
+                                 signature, {"BLOCK": block}, NUM_WARPS,
+                                 divisible_by_16=("data_ptr", "kept_ptr", "batch_stride", "outer_stride",
+                                                  "mid_stride", "inner")))
+    return cases
