@@ -12,6 +12,16 @@ from specdecode.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, tokenizer
 ATOL = 1e-10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are all per-op overhead: a second thread only adds contention (and on a
+    shared 2-core machine, OpenMP spin-waits make it 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(n_kv_heads: int = 2, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=VOCAB_SIZE, n_layers=2, dim=32, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=64)
