@@ -85,11 +85,11 @@ def _word_view(data: torch.Tensor) -> tuple[torch.Tensor, int]:
     return words, per_element
 
 
-def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int) -> None:
+def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, block: int | None = None) -> None:
     """Launch the compaction. Arguments as ``torch.ops.specdecode.compact_rows_``: ``data`` any
     dtype and rank, ``kept_indices [N']`` int64 on the same device (strictly ascending; values
     are the caller's to check), ``batch_dim`` the row dim. Raises ``ValueError`` for layouts that
-    cannot be compacted in place. No host sync."""
+    cannot be compacted in place. ``block`` overrides the tile width (words). No host sync."""
     from specdecode.pruning import row_layout  # the one layout rule, shared with the public checks
 
     layout = row_layout(data, batch_dim)
@@ -98,7 +98,7 @@ def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int
         return
     words, per_element = _word_view(data)
     inner = layout.inner * per_element
-    block = block_size(inner, words.element_size())
+    block = block or block_size(inner, words.element_size())
     grid = (layout.outer * layout.mid * triton.cdiv(inner, block),)
     _compact_rows_kernel[grid](
         words, kept_indices.contiguous(), num_kept, data.shape[batch_dim], layout.batch_stride * per_element,
