@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): $(BUILD_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_PIN) $(TRITON_PIN) numpy pytest scipy ninja setuptools wheel
+	$(PIP) install -q $(TORCH_PIN) $(TRITON_PIN) numpy pytest ninja setuptools wheel
 	$(PIP) install -q --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -41,7 +41,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.6,<2.14", "triton>=3.2", "numpy"],
     extras_require={
-        "test": ["pytest", "scipy"],
+        "test": ["pytest"],
         "bench": ["matplotlib"],
     },
 )
