@@ -52,10 +52,13 @@ class GenerationOutput:
         return [tokenizer.decode(row[:n]) for row, n in zip(self.tokens.tolist(), self.num_tokens.tolist())]
 
 
-def load_pretrained(device: torch.device | str | None = None,
-                    dtype: torch.dtype = torch.float32) -> tuple[Transformer, Transformer]:
-    """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.train``), in eval mode."""
-    return tuple(load_model(os.path.join(WEIGHTS_DIR, f"{name}.pt"), device, dtype) for name in ("target", "draft"))
+def load_pretrained(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                    weights_dir: str | None = None) -> tuple[Transformer, Transformer]:
+    """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.train``), in eval
+    mode; ``weights_dir`` loads a pair trained with ``--out`` instead. Each model's
+    ``training_info`` holds the recipe and numbers the training run recorded."""
+    weights_dir = WEIGHTS_DIR if weights_dir is None else weights_dir
+    return tuple(load_model(os.path.join(weights_dir, f"{name}.pt"), device, dtype) for name in ("target", "draft"))
 
 
 def load_model(path: str, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Transformer:

@@ -1,0 +1,125 @@
+"""End to end on the shipped pair: plain vs speculative decoding, tokens/s, on CPU.
+
+    python -m bench.bench_e2e                 # batch sizes 1, 4, 16; K = 2, 4, 6, 8; greedy and T=0.8
+    python -m bench.bench_e2e --quick         # batch 1 and 4, K = 4, 6, greedy only
+
+Prints first the forward-pass costs of the two models (why speculation can pay here: the target
+is memory-bound, the draft is a few small launches), then one table per temperature with, for
+each batch size, the plain-decoding row and one row per K: tokens/s (median over repeats,
+plain and speculative run alternately so both see the same machine load), speedup, mean
+accepted length (tokens emitted per row-step), acceptance rate of draft tokens, and the
+accepted-length histogram (row-steps that accepted 0..K drafts, summed over repeats).
+Greedy rows also say whether the speculative text equals plain greedy decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import specdecode as sd
+
+PROMPTS = [
+    "import os\nimport sys\n\n\ndef main():\n",
+    "class Queue:\n    def __init__(self, maxsize=0):\n",
+    "    def __repr__(self):\n        return ",
+    "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
+    "    for i in range(len(",
+    "\"\"\"Utilities for working with ",
+    "        except KeyError:\n",
+    "from collections import namedtuple\n\n",
+]
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def forward_costs(target, draft, reps: int) -> list[tuple[str, float]]:
+    rows = []
+    for name, model in (("target", target), ("draft", draft)):
+        cache = model.new_cache(1, 512)
+        model(torch.randint(0, 256, (1, 200)), cache=cache)
+        for T in (1, 5):
+            tokens = torch.randint(0, 256, (1, T))
+            rows.append((f"{name} ({model.num_parameters() / 1e6:.2f}M params), batch 1, {T} token(s) at pos 200",
+                         median_ms(lambda: model(tokens, torch.tensor([200]), cache), reps)))
+    return rows
+
+
+def run(target, draft, batch_sizes, ks, temperatures, max_new_tokens, repeats):
+    for temperature in temperatures:
+        mode = "greedy" if temperature == 0 else f"sampling, T={temperature}"
+        print(f"\n## {mode}, {max_new_tokens} new tokens per row")
+        print(f"| batch | method | tokens/s | speedup | mean accepted length | acceptance | accepted-length histogram | same text |")
+        print("|---|---|---|---|---|---|---|---|")
+        for batch in batch_sizes:
+            prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+            plain_rates, spec_rates = [], {k: [] for k in ks}
+            spec_stats = {k: None for k in ks}
+            same = {k: True for k in ks}
+            for rep in range(repeats + 1):  # rep 0 warms up
+                gen = torch.Generator().manual_seed(rep)
+                plain = sd.generate(target, prompts, max_new_tokens, temperature=temperature, generator=gen, eos_id=None)
+                if rep:
+                    plain_rates.append(plain.stats["tokens_per_second"])
+                for k in ks:
+                    spec = sd.speculative_generate(target, draft, prompts, max_new_tokens, num_draft_tokens=k,
+                                                   temperature=temperature, generator=gen, eos_id=None)
+                    if not rep:
+                        continue
+                    spec_rates[k].append(spec.stats["tokens_per_second"])
+                    if temperature == 0:
+                        same[k] &= torch.equal(spec.tokens, plain.tokens)
+                    old = spec_stats[k]
+                    spec_stats[k] = spec.stats if old is None else {
+                        **spec.stats, "accepted_hist": [a + b for a, b in zip(old["accepted_hist"], spec.stats["accepted_hist"])]}
+            plain_rate = statistics.median(plain_rates)
+            print(f"| {batch} | plain | {plain_rate:.0f} | 1.00x | 1 | | | |")
+            for k in ks:
+                rate, st = statistics.median(spec_rates[k]), spec_stats[k]
+                hist = st["accepted_hist"]
+                row_steps = sum(hist)
+                mean_len = sum((a + 1) * c for a, c in enumerate(hist)) / row_steps
+                acceptance = sum(a * c for a, c in enumerate(hist)) / (k * row_steps)
+                same_text = ("yes" if same[k] else "NO") if temperature == 0 else "n/a"
+                print(f"| {batch} | speculative K={k} | {rate:.0f} | {rate / plain_rate:.2f}x | {mean_len:.2f} | "
+                      f"{acceptance:.2f} | {hist} | {same_text} |", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--weights-dir", default=None, help="a pair trained with --out (default: the shipped pair)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target, draft = sd.load_pretrained(weights_dir=args.weights_dir)
+    info = target.training_info
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shipped pair trained on {info.get('files')} "
+          f"stdlib files ({info.get('train_bytes')} bytes): target val loss {info.get('target_val_loss')}, draft "
+          f"{info.get('draft_val_loss')} nats/byte; teacher-forced acceptance {info.get('acceptance_sampled')} (T=1), "
+          f"{info.get('acceptance_greedy')} (greedy)")
+    print("\n| forward pass | median ms |\n|---|---|")
+    for name, ms in forward_costs(target, draft, reps=30 if args.quick else 100):
+        print(f"| {name} | {ms:.2f} |")
+    if args.quick:
+        run(target, draft, [1, 4], [4, 6], [0.0], args.max_new_tokens, max(1, args.repeats - 1))
+    else:
+        run(target, draft, [1, 4, 16], [2, 4, 6, 8], [0.0, 0.8], args.max_new_tokens, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
