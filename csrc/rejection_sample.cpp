@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -98,19 +99,28 @@ int64_t sample_inverse_cdf(const Weights& weight, int64_t vocab_size, float u, s
   return -1;
 }
 
-// First index of the maximum, NaN ignored (NaN > x is false); 0 when there is no number.
+// NaN -> -inf, branch-free (see ResidualWeights for why not `?:`).
+inline float nan_to_neg_inf(float value) {
+  constexpr uint32_t kNegInf = 0xFF800000u;
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t is_number = 0u - static_cast<uint32_t>(value == value);
+  bits = (bits & is_number) | (kNegInf & ~is_number);
+  std::memcpy(&value, &bits, sizeof bits);
+  return value;
+}
+
+// First index of the maximum, NaN counted as -inf (so 0 when there is no number): a vectorised
+// max, then a scan that stops at its first occurrence.
 template <typename scalar_t>
 int64_t nan_safe_argmax(const scalar_t* row, int64_t vocab_size) {
   float best = -std::numeric_limits<float>::infinity();
-  int64_t best_id = 0;
+#pragma omp simd reduction(max : best)
+  for (int64_t v = 0; v < vocab_size; ++v) best = std::max(best, nan_to_neg_inf(static_cast<float>(row[v])));
   for (int64_t v = 0; v < vocab_size; ++v) {
-    const float value = static_cast<float>(row[v]);
-    if (value > best) {
-      best = value;
-      best_id = v;
-    }
+    if (nan_to_neg_inf(static_cast<float>(row[v])) == best) return v;
   }
-  return best_id;
+  return 0;
 }
 
 template <typename scalar_t>
