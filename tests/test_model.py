@@ -6,6 +6,7 @@ RoPE angle or cache row shows up as an O(1e-2) difference, rounding as O(1e-15).
 import pytest
 import torch
 
+import specdecode as sd
 from specdecode.model import ModelConfig, Transformer
 from specdecode.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, tokenizer
 
@@ -111,17 +112,18 @@ def test_copy_rows_shares_one_prefill_with_many_rows():
 
 
 def test_compacted_cache_serves_a_smaller_batch():
-    """Survivors moved to the first rows (as compact_kv_cache_ does) keep decoding correctly."""
+    """Survivors compacted into the first rows by ``sd.compact_kv_cache_`` (the cache tensors and
+    the per-row lengths together) keep decoding exactly as if recomputed from scratch."""
     model = tiny_model()
     tokens = torch.randint(0, 256, (5, 9))
     cache = model.new_cache(5, 16)
-    kept = torch.tensor([4, 1, 3])
+    kept = torch.tensor([1, 3, 4])
     with torch.no_grad():
         model(tokens[:, :6], cache=cache)
-        for t in cache.tensors():
-            assert t.shape[0] == 5  # batch is dim 0
-            t[:3] = t[kept].clone()
-        got = model(tokens[kept, 6:], torch.full((3,), 6), cache)
+        cache.lengths += torch.tensor([6, 6, 6, 6, 6])
+        views = sd.compact_kv_cache_(cache.tensors() + [cache.lengths], kept, batch_dim=0)
+        got = model(tokens[kept, 6:], cache=cache)  # a batch of 3 uses rows 0..2
+    assert [v.shape[0] for v in views] == [3] * len(views)
     assert torch.allclose(got, full_logits(model, tokens[kept])[:, 6:], atol=ATOL, rtol=0)
 
 
