@@ -17,6 +17,8 @@
 namespace specdecode {
 namespace {
 
+constexpr int64_t kMinCandidatesPerThread = 16384;
+
 // An unsigned key whose integer order is the reward order: NaN -> 0 (below -inf, whose key is
 // 0x007FFFFF), -0.0 folded into +0.0 (they tie), negatives bit-inverted, positives offset by
 // 2^31. kernels/topk_prune.py computes the same key.
@@ -78,11 +80,14 @@ at::Tensor topk_prune_mask_cpu(const at::Tensor& rewards_in, const at::Tensor& g
   TORCH_CHECK(starts[P] == N, "topk_prune_mask: group_sizes sum to ", starts[P], " but there are ", N, " rewards");
   TORCH_CHECK(N < (int64_t{1} << 32), "topk_prune_mask: at most 2^32 - 1 candidates");
 
+  // Threads only pay off for enough candidates per thread: below that, waking a second thread
+  // costs more than the selection (and a busy core turns the wait into a scheduler slice).
+  const int64_t grain = std::max<int64_t>(1, kMinCandidatesPerThread * P / std::max<int64_t>(N, 1));
   auto keep_mask = at::empty({N}, rewards.options().dtype(at::kBool));
   bool* mask = keep_mask.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rewards.scalar_type(), "topk_prune_mask_cpu", [&] {
     const scalar_t* values = rewards.data_ptr<scalar_t>();
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
       std::vector<uint64_t> scratch;  // packed keys of one group, reused across this thread's groups
       for (int64_t g = begin; g < end; ++g) {
         prune_group(values + starts[g], sizes[g], keeps[g], mask + starts[g], scratch);

@@ -114,19 +114,24 @@ def topk_prune(
     sizes, keeps = _host_sizes_and_keeps(group_sizes, alpha, num_keep)
     _check_groups(sizes, keeps, rewards.numel())
     device = rewards.device
-    sizes_t = torch.tensor(sizes, dtype=torch.int64).to(device, non_blocking=True)
-    keeps_t = torch.tensor(keeps, dtype=torch.int64).to(device, non_blocking=True)
+    sizes_t, keeps_t = torch.tensor([sizes, keeps], dtype=torch.int64).to(device, non_blocking=True)
     keep_mask = torch.ops.specdecode.topk_prune_mask(rewards, sizes_t, keeps_t)
     return PruneResult(kept_indices_from_mask(keep_mask, sum(keeps)), keeps_t, keep_mask)
 
 
 def kept_indices_from_mask(keep_mask: torch.Tensor, num_kept: int) -> torch.Tensor:
     """``[num_kept]`` int64 ascending indices of the True entries of a ``[N]`` bool mask, with
-    the count given by the caller (``sum(num_keep)``), so no host sync and a static shape."""
+    the count given by the caller (``sum(num_keep)``), so no host sync and a static shape on a
+    device (entries past the real count would be -1). On the host the count is checked."""
     if keep_mask.dtype != torch.bool or keep_mask.dim() != 1:
         raise ValueError(f"keep_mask must be a 1-D bool tensor; got {keep_mask.dtype} of shape {list(keep_mask.shape)}")
     if not 0 <= num_kept <= keep_mask.numel():
         raise ValueError(f"num_kept = {num_kept} is outside [0, N = {keep_mask.numel()}]")
+    if keep_mask.device.type == "cpu":  # no sync to avoid on the host, and nonzero is faster there
+        indices = keep_mask.nonzero().flatten()
+        if indices.numel() != num_kept:
+            raise ValueError(f"keep_mask has {indices.numel()} True entries, not num_kept = {num_kept}")
+        return indices
     return torch.nonzero_static(keep_mask, size=num_kept, fill_value=-1).flatten()
 
 
