@@ -85,23 +85,39 @@ def _word_view(data: torch.Tensor) -> tuple[torch.Tensor, int]:
     return words, per_element
 
 
-def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, block: int | None = None) -> None:
+# Survivors of at most this many bytes in all are gathered into a scratch buffer and copied back
+# (two fully parallel torch ops) instead of launching the kernel: for small per-row state (lengths,
+# token ids) the column-parallel kernel has a handful of programs walking N' rows one after the
+# other, latency-bound, while the scratch is small by construction.
+SMALL_SCRATCH_BYTES = 1 << 20
+
+
+def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, block: int | None = None,
+                  scratch_bytes: int = SMALL_SCRATCH_BYTES) -> None:
     """Launch the compaction. Arguments as ``torch.ops.specdecode.compact_rows_``: ``data`` any
     dtype and rank, ``kept_indices [N']`` int64 on the same device (strictly ascending; values
     are the caller's to check), ``batch_dim`` the row dim. Raises ``ValueError`` for layouts that
-    cannot be compacted in place. ``block`` overrides the tile width (words). No host sync."""
+    cannot be compacted in place. ``block`` overrides the tile width (words); survivors totalling
+    at most ``scratch_bytes`` go through a gather into scratch instead (0: always the kernel).
+    No host sync."""
     from specdecode.pruning import row_layout  # the one layout rule, shared with the public checks
 
     layout = row_layout(data, batch_dim)
     num_kept = kept_indices.numel()
     if num_kept == 0 or data.numel() == 0:
         return
+    num_rows = data.shape[batch_dim]
+    if num_kept * (data.numel() // num_rows) * data.element_size() <= scratch_bytes:
+        # Clamped, so unvalidated indices cannot read out of bounds (their rows are unspecified).
+        survivors = data.index_select(batch_dim, kept_indices.clamp(0, num_rows - 1))
+        data.narrow(batch_dim, 0, num_kept).copy_(survivors)
+        return
     words, per_element = _word_view(data)
     inner = layout.inner * per_element
     block = block or block_size(inner, words.element_size())
     grid = (layout.outer * layout.mid * triton.cdiv(inner, block),)
     _compact_rows_kernel[grid](
-        words, kept_indices.contiguous(), num_kept, data.shape[batch_dim], layout.batch_stride * per_element,
+        words, kept_indices.contiguous(), num_kept, num_rows, layout.batch_stride * per_element,
         layout.mid, layout.outer_stride * per_element, layout.mid_stride * per_element, inner,
         BLOCK=block, num_warps=NUM_WARPS)
 

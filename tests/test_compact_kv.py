@@ -24,7 +24,12 @@ def public_compact(data, kept_indices, batch_dim):
     assert view.data_ptr() == data.data_ptr() and view.shape[batch_dim] == kept_indices.numel()
 
 
-KERNELS = {"cpp": cpp_compact, "triton": triton_compact_rows_, "public": public_compact}
+def triton_kernel_compact(data, kept_indices, batch_dim):
+    triton_compact_rows_(data, kept_indices, batch_dim, scratch_bytes=0)  # the kernel, at every size
+
+
+KERNELS = {"cpp": cpp_compact, "triton": triton_kernel_compact, "triton-small-scratch": triton_compact_rows_,
+           "public": public_compact}
 
 
 def random_buffer(numel: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -94,7 +99,7 @@ def shape_with(shape, num_rows):
     return tuple(num_rows if s == "B" else s for s in shape)
 
 
-@pytest.mark.parametrize("kernel", ["cpp", "triton"])
+@pytest.mark.parametrize("kernel", ["cpp", "triton", "triton-small-scratch"])
 @pytest.mark.parametrize("kind,shape,batch_dim,dtype", EXHAUSTIVE_LAYOUTS,
                          ids=[f"{k}-{'x'.join(map(str, s))}-dim{d}-{str(t)[6:]}" for k, s, d, t in EXHAUSTIVE_LAYOUTS])
 def test_every_ascending_kept_set_up_to_8_rows(kernel, kind, shape, batch_dim, dtype):
@@ -132,7 +137,7 @@ def test_triton_many_tiles_per_row():
     for kept in ([1, 2, 5, 7], [0, 3, 4], [7]):
         buffer, view = make_view("sliced", (8, 3, 5, 40), torch.float32, generator)
         expected = view.index_select(0, torch.tensor(kept)).clone()
-        triton_compact_rows_(view, torch.tensor(kept), 0, block=16)  # 200-word runs: 13 tiles each
+        triton_compact_rows_(view, torch.tensor(kept), 0, block=16, scratch_bytes=0)  # 200-word runs: 13 tiles
         assert torch.equal(view[:len(kept)].view(torch.int32), expected.view(torch.int32))
 
 
@@ -193,10 +198,14 @@ def test_triton_ignores_out_of_range_indices():
     # Unvalidated indices outside [0, B) are skipped, never read or written out of bounds.
     buffer = torch.arange(30.0)
     view = buffer[5:25].view(5, 4)
-    triton_compact_rows_(view, torch.tensor([1, 99, -3]), 0)
+    triton_compact_rows_(view, torch.tensor([1, 99, -3]), 0, scratch_bytes=0)
     expected = torch.arange(30.0)
     expected[5:9] = torch.arange(9.0, 13.0)
     assert torch.equal(buffer, expected)
+    # The small-tensor scratch path clamps them: rows 0..2 are written (unspecified values), nothing else.
+    buffer = torch.arange(30.0)
+    triton_compact_rows_(buffer[5:25].view(5, 4), torch.tensor([1, 99, -3]), 0)
+    assert torch.equal(buffer[:5], torch.arange(5.0)) and torch.equal(buffer[17:], torch.arange(17.0, 30.0))
 
 
 def test_layouts_that_cannot_be_compacted_in_place():

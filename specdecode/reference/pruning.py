@@ -65,7 +65,9 @@ def topk_prune_mask(rewards: torch.Tensor, group_sizes: Sequence[int] | torch.Te
     return mask.to(rewards.device)
 
 
-@functools.lru_cache(maxsize=64, typed=True)  # typed: 0.1 and Fraction(0.1) differ. A run reuses a few rates; parsing the decimal costs microseconds
+# A run reuses a few rates, and parsing the decimal costs microseconds. typed: the float 0.1 and
+# the Fraction equal to it are equal keys, but not the same alpha here (1/10 vs its binary value).
+@functools.lru_cache(maxsize=64, typed=True)
 def exact_fraction(alpha: Real) -> Fraction:
     """α as an exact rational: floats by their shortest decimal (repr), so 0.7 is 7/10."""
     if isinstance(alpha, float):
