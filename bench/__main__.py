@@ -1,0 +1,452 @@
+"""Run every benchmark, print its tables, and write ``bench/out/report.md`` plus PNG figures.
+
+    python -m bench                      # everything, the README's numbers (long: prints progress)
+    python -m bench --quick              # every section at small sizes, a few minutes
+    python -m bench --quick seed gpu     # only some sections
+    python -m bench --list               # the sections and what each measures
+
+Sections (in this order): verifier, pruning, compaction (the op microbenchmarks on CPU; ``ops``
+selects all three), gpu (GPU readiness: AOT compile facts and a bytes model), seed (seed 2's
+1M-sample and greedy experiments), e2e (speculative vs plain decoding on the shipped pair),
+spr (Speculative Rejection vs Best-of-N, and partial-vs-final rewards). A section that fails
+is reported in the report and the exit code, and the others still run. ``bench/out/`` is
+git-ignored; figures need matplotlib (``pip install -e .[bench]``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from bench import plots
+from bench.plots import markdown_table, print_table
+
+OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+
+@dataclass
+class Section:
+    title: str
+    about: str  # what it measures, for the report
+    body: list[str] = field(default_factory=list)  # markdown chunks
+    images: list[str] = field(default_factory=list)
+    failed: bool = False
+
+    def table(self, header, rows, caption: str | None = None) -> None:
+        if caption:
+            self.body.append(caption)
+        self.body.append(markdown_table(header, rows))
+
+    def text(self, text: str) -> None:
+        self.body.append(text)
+
+    def code(self, text: str) -> None:
+        self.body.append("```\n" + text.rstrip() + "\n```")
+
+    def image(self, path: str | None) -> None:
+        if path:
+            self.images.append(path)
+
+
+class _Tee(io.TextIOBase):
+    """Write to the terminal and keep a copy (others' benchmarks print their tables)."""
+
+    def __init__(self, stream):
+        self.stream, self.buffer_ = stream, io.StringIO()
+
+    def write(self, text):
+        self.stream.write(text)
+        self.buffer_.write(text)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def capture(fn, *args, argv: list[str] | None = None, **kwargs):
+    """Run ``fn`` with stdout tee'd (and ``sys.argv`` set, for ``main()`` functions that parse
+    it themselves); return ``(result, printed text)``."""
+    tee = _Tee(sys.stdout)
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = ["bench", *argv]
+    try:
+        with contextlib.redirect_stdout(tee):
+            result = fn(*args, **kwargs)
+    finally:
+        sys.argv = saved_argv
+    return result, tee.buffer_.getvalue()
+
+
+def call_main(module, quick: bool):
+    """``module.main`` with ``--quick`` or not, whether it takes ``argv`` or reads ``sys.argv``;
+    returns ``(result, printed text)``."""
+    import inspect
+
+    argv = ["--quick"] if quick else []
+    if inspect.signature(module.main).parameters:
+        return capture(module.main, argv, argv=argv)
+    return capture(module.main, argv=argv)
+
+
+def optional_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+# ----------------------------------------------------------------------------- op microbenchmarks
+
+
+def section_verifier(quick: bool) -> Section:
+    from bench import bench_rejection as br
+
+    s = Section("Verifier microbenchmark (CPU)",
+                "Median time of one `rejection_sample` call: the C++ op (`specdecode`) vs the pure-PyTorch "
+                "reference, the per-position-residual + `torch.multinomial` formulation (vLLM v0 / HF style) and "
+                "HF transformers' `_speculative_sampling` (B = 1, when installed). Floor = bytes the op must read "
+                "(gathers + the one sampled row) / copy bandwidth measured here on a buffer of that size.")
+    shapes = br.SHAPES[:3:2] if quick else br.SHAPES
+    rows = br.run(shapes, min_reps=5 if quick else 20, min_seconds=0.2 if quick else 1.0)
+    header = ["(B, K, V)", "accept", "specdecode ms", "reference ms", "multinomial ms", "hf ms", "ref/sd", "mult/sd",
+              "hf/sd", "floor ms", "sd/floor"]
+    table = []
+    for r in rows:
+        hf = r.get("hf")
+        table.append([str(r["shape"]), f"{r['accept_rate']:.2f}", f"{r['specdecode']:.3f}", f"{r['reference']:.3f}",
+                      f"{r['multinomial']:.3f}", f"{hf:.3f}" if hf else "-",
+                      f"{r['reference'] / r['specdecode']:.1f}x", f"{r['multinomial'] / r['specdecode']:.1f}x",
+                      f"{hf / r['specdecode']:.1f}x" if hf else "-", f"{r['floor']:.3f}",
+                      f"{r['specdecode'] / r['floor']:.2f}x"])
+    if br.hf_speculative_sampling() is None:
+        s.text("transformers is not installed: no HF column (`pip install transformers`).")
+    s.table(header, table)
+    s.image(plots.plot_op_ratios([{k: v for k, v in r.items() if k not in ("accept_rate",)} for r in rows],
+                                 os.path.join(OUT_DIR, "verifier_vs_floor.png"), "Verifier: median time / floor (CPU)"))
+    return s
+
+
+def _parse_whitespace_rows(text: str, num_columns: int) -> list[list[str]]:
+    """Rows of a printed fixed-width table whose cells have no spaces: lines after the dashes."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("---")), None)
+    if start is None:
+        return []
+    rows = [line.split() for line in lines[start + 1:]]
+    return [r for r in rows if len(r) == num_columns]
+
+
+def section_pruning(quick: bool) -> Section:
+    s = Section("Pruning microbenchmark (CPU)",
+                "Median time to prune P prompts x n candidates (alpha = 0.5): the fixed-shape C++ op, the public "
+                "`sd.topk_prune` (checks + alpha -> k + kept indices), and a per-prompt `torch.topk` loop. Floor = "
+                "(rewards read + mask written) / copy bandwidth measured here: far below the call overhead, so "
+                "these times are launch/overhead-bound, not bandwidth-bound.")
+    module = optional_module("bench.bench_pruning")
+    if module is None:
+        s.text("bench/bench_pruning.py is not in the tree: section skipped.")
+        return s
+    _, text = call_main(module, quick)
+    rows = _parse_whitespace_rows(text, 7)
+    if not rows:
+        s.code(text)
+        return s
+    from bench.bench_rejection import copy_bandwidth_gbs
+
+    table = []
+    for P, n, t_op, t_public, t_loop, loop_op, loop_public in rows:
+        nbytes = int(P) * int(n) * 5
+        floor_us = nbytes / (copy_bandwidth_gbs(nbytes, 5, 0.02) * 1e9) * 1e6
+        table.append([P, n, t_op, t_public, t_loop, loop_op, loop_public, f"{floor_us:.2f}",
+                      f"{float(t_op) / floor_us:.0f}x"])
+    s.table(["P", "n", "op us", "topk_prune us", "topk loop us", "loop/op", "loop/topk_prune", "floor us", "op/floor"],
+            table)
+    return s
+
+
+def section_compaction(quick: bool) -> Section:
+    s = Section("KV-cache compaction microbenchmark (CPU)",
+                "Median time of `sd.compact_kv_cache_` (in place) vs `index_select` + `copy_` on 32-64 MiB caches, "
+                "and the floor: a plain `copy_` of exactly the bytes that must move (rows with kept[i] != i).")
+    module = optional_module("bench.bench_compaction")
+    if module is None:
+        s.text("bench/bench_compaction.py is not in the tree: section skipped.")
+        return s
+    if not hasattr(module, "bench_case"):
+        _, text = call_main(module, quick)
+        s.code(text)
+        return s
+    reps, seconds = (3, 0.2) if quick else (10, 1.0)
+    layouts = module.LAYOUTS[:1] if quick else module.LAYOUTS
+    table = []
+    print(f"compaction: {len(layouts) * len(module.PATTERNS)} cases", flush=True)
+    for name, shape, batch_dim, dtype in layouts:
+        for pattern in module.PATTERNS:
+            moved, t_compact, t_copy, t_index = module.bench_case(shape, batch_dim, dtype, pattern, reps, seconds)
+            gbs = lambda ms: moved / ms / 1e6  # noqa: E731
+            row = [name, pattern, f"{moved / 2**20:.1f}", f"{t_compact:.2f}", f"{gbs(t_compact):.1f}",
+                   f"{t_index:.2f}", f"{t_index / t_compact:.2f}x", f"{t_copy:.2f}", f"{t_compact / t_copy:.2f}x"]
+            table.append(row)
+            print("  " + "  ".join(row), flush=True)
+    header = ["layout", "kept set", "MiB moved", "compact ms", "GB/s", "index_select ms", "index/compact",
+              "floor (copy) ms", "compact/floor"]
+    print_table(header, table)
+    s.table(header, table)
+    return s
+
+# ----------------------------------------------------------------------------- GPU report, seed
+
+
+def section_gpu(quick: bool) -> Section:
+    from bench import gpu_report
+
+    s = Section("GPU readiness report (no GPU: compiler output and a bytes MODEL)",
+                "Every Triton launch in the kernels' `aot_cases()` compiled ahead of time "
+                f"({'sm_90 only in --quick' if quick else 'sm_80, sm_90, gfx942'}): registers, spills, shared memory, "
+                "widest global load (16 B = vectorised streaming). Then a model, **not a measurement**: DRAM bytes "
+                "per call for the minimum, this package's kernel and the peers' designs, and the H100 time floor at "
+                "3.35 TB/s (launch latency not included).")
+    out = gpu_report.run(quick)
+    s.table(gpu_report.COMPILE_HEADER, out["compile_table"], "**Compiled kernels**")
+    for op, table in out["bytes"].items():
+        s.table(gpu_report.BYTES_HEADER, table, f"**{op}: bytes moved per call (model)**")
+    failures = [r for r in out["compile"] if not r["ok"] or r.get("spills")]
+    if failures:
+        s.text(f"**{len(failures)} case(s) failed to compile or spilled.**")
+    return s
+
+
+def section_seed(quick: bool) -> Section:
+    from bench import seed_experiment as se
+
+    samples = 200_000 if quick else 1_000_000
+    s = Section("Seed 2's experiments: losslessness",
+                f"{samples:,} speculative samples of the first token for four fixed (p, q) pairs: std of "
+                f"(empirical - q) over the vocabulary (the seed reports {se.SEED_REPORTED_STD:.3e} for Llama-3-8B + "
+                "EAGLE at 1M samples; the number scales with 1/sqrt(N) and the vocabulary) next to the sampling-noise "
+                "expectation sqrt(mean q(1-q)/N), and the chi-square goodness-of-fit p-value (large = consistent "
+                "with q). Then greedy: plain and speculative decoding must give identical text.")
+    out = se.run(samples, greedy_tokens=80 if quick else 160)
+    if out["note"]:
+        s.text(f"NOTE: {out['note']}.")
+    s.table(se.SAMPLING_HEADER, se.sampling_table(out["pairs"]))
+    s.image(plots.plot_seed_bars(out["pairs"], os.path.join(OUT_DIR, "seed_first_token.png")))
+    greedy = out["greedy"]
+    if greedy is None:
+        s.text("Greedy: shipped weights not found, skipped.")
+    else:
+        s.text(f"Greedy, temperature 0, K = {greedy['K']}: **tokens identical = {greedy['identical_tokens']}** "
+               f"(mean accepted length {greedy['mean_accepted_length']:.2f}).")
+        for prompt, a, b in zip(greedy["prompts"], greedy["plain"], greedy["speculative"]):
+            s.table(["prompt", "sd.generate", "sd.speculative_generate"],
+                    [[f"`{prompt!r}`", f"`{a!r}`", f"`{b!r}`"]])
+    return s
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def parse_e2e_output(text: str) -> list[dict]:
+    """Rows of bench_e2e's printed tables: batch, temperature, k (0 = plain), tokens/s, histogram."""
+    rows, temperature = [], None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            temperature = 0.0 if "greedy" in line else float(line.split("T=")[1].split(",")[0])
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if temperature is None or len(cells) < 4 or not cells[0].isdigit():
+            continue
+        method = cells[1]
+        k = 0 if method == "plain" else int(method.split("K=")[1])
+        hist = [int(x) for x in cells[6].strip("[]").split(",")] if k and len(cells) > 6 and cells[6] else None
+        rows.append({"batch": int(cells[0]), "temperature": temperature, "k": k, "tokens_per_s": float(cells[2]),
+                     "hist": hist, "same_text": cells[7] if len(cells) > 7 else ""})
+    return rows
+
+
+def section_e2e(quick: bool) -> Section:
+    s = Section("Speculative decoding end to end (CPU, shipped pair)",
+                "Tokens/s of `sd.speculative_generate` vs `sd.generate` on the shipped (target, draft) pair for "
+                "several K and batch sizes, mean accepted length, acceptance rate and the accepted-length "
+                "histogram (from `bench/bench_e2e.py`).")
+    module = optional_module("bench.bench_e2e")
+    from bench.seed_experiment import weights_available
+    if module is None:
+        s.text("bench/bench_e2e.py is not in the tree: section skipped.")
+        return s
+    if not weights_available():
+        s.text("Shipped weights (specdecode/weights/*.pt) not found: section skipped "
+               "(train them with `python -m specdecode.train`).")
+        return s
+    _, text = call_main(module, quick)
+    s.text(text[text.find("|"):] if "|" in text else text)  # its markdown tables, as printed
+    rows = parse_e2e_output(text)
+    s.image(plots.plot_e2e_throughput(rows, os.path.join(OUT_DIR, "e2e_tokens_per_s.png")))
+    hists = {f"K={r['k']}, batch {r['batch']}, {'greedy' if r['temperature'] == 0 else 'T=%g' % r['temperature']}":
+             r["hist"] for r in rows if r["hist"] and r["batch"] == min(x["batch"] for x in rows)}
+    s.image(plots.plot_acceptance_histogram(hists, os.path.join(OUT_DIR, "e2e_acceptance_histogram.png")))
+    return s
+
+# ----------------------------------------------------------------------------- Speculative Rejection
+
+
+def pearson(xs, ys) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+@torch.no_grad()
+def partial_vs_final_likelihood(num_responses: int, length: int, tau: int, temperature: float = 1.0,
+                                seed: int = 0) -> dict:
+    """The seed's Figure 2 with the seed's likelihood reward (its Table 2): sample responses from
+    the shipped target, score each by its mean log-probability under the target, over the first
+    ``tau`` tokens (partial) and over all ``length`` tokens (final)."""
+    from bench.bench_e2e import PROMPTS
+
+    import specdecode as sd
+    from specdecode.generate import encode_prompts
+
+    target, _ = sd.load_pretrained()
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_responses)]
+    gen = torch.Generator().manual_seed(seed)
+    out = sd.generate(target, prompts, length, temperature=temperature, generator=gen, eos_id=None)
+    ids, lengths = encode_prompts(prompts)
+    partial, final = [], []
+    for i in range(num_responses):  # per row: prompts differ in length
+        prompt = ids[i, :lengths[i]]
+        seq = torch.cat([prompt, out.tokens[i, :out.num_tokens[i]]])[None]
+        logprobs = torch.log_softmax(target(seq)[0, :-1].float(), -1)
+        token_lp = logprobs.gather(-1, seq[0, 1:, None])[:, 0][len(prompt) - 1:]
+        partial.append(float(token_lp[:tau].mean()))
+        final.append(float(token_lp.mean()))
+    return {"partial": partial, "final": final, "corr": pearson(partial, final), "tau": tau, "length": length}
+
+
+def section_spr(quick: bool) -> Section:
+    s = Section("Speculative Rejection vs Best-of-N",
+                "Reward reached vs compute (tokens generated, wall time) for Best-of-N and Speculative Rejection "
+                "(from `bench/bench_best_of_n.py`), and the seed's Figure 2: the reward of a partial response at a "
+                "decision token tau against the final reward, with their correlation.")
+    module = optional_module("bench.bench_best_of_n")
+    if module is None:
+        s.text("bench/bench_best_of_n.py is not in the tree yet: the reward-vs-compute comparison is missing.")
+    else:
+        result, text = call_main(module, quick)
+        s.text(text[text.find("|"):] if "|" in text else f"```\n{text}\n```")
+        curves = _spr_curves(result, text)
+        if curves:
+            s.image(plots.plot_reward_vs_compute(curves, os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),
+                                                 "tokens generated (all candidates)"))
+    from bench.seed_experiment import weights_available
+    if not weights_available():
+        s.text("Partial vs final reward: shipped weights not found, skipped.")
+        return s
+    num, length, tau = (64, 96, 24) if quick else (512, 256, 64)
+    print(f"partial vs final likelihood reward: {num} responses x {length} tokens, tau = {tau} ...", flush=True)
+    pf = partial_vs_final_likelihood(num, length, tau)
+    print(f"Pearson r(partial at tau={tau}, final) = {pf['corr']:.3f}", flush=True)
+    s.text(f"Partial vs final reward (reward = mean log-likelihood under the target, the seed's Table 2 setting; "
+           f"{num} sampled responses of {length} tokens, T = 1): **Pearson r = {pf['corr']:.3f}** at tau = {tau}.")
+    s.image(plots.plot_partial_vs_final(pf["partial"], pf["final"], pf["corr"], tau,
+                                        os.path.join(OUT_DIR, "spr_partial_vs_final.png")))
+    return s
+
+
+def _spr_curves(result, text: str) -> dict:
+    """Reward-vs-tokens curves from the SpR bench: its returned rows if it returns a list of dicts
+    with ``method``, ``tokens`` and ``reward`` keys; otherwise none (its tables are still shown)."""
+    curves: dict = {}
+    if isinstance(result, list):
+        for row in result:
+            if isinstance(row, dict) and {"method", "tokens", "reward"} <= row.keys():
+                curves.setdefault(str(row["method"]), []).append((float(row["tokens"]), float(row["reward"])))
+    return curves
+
+# ----------------------------------------------------------------------------- runner
+
+
+SECTIONS = {
+    "verifier": section_verifier,
+    "pruning": section_pruning,
+    "compaction": section_compaction,
+    "gpu": section_gpu,
+    "seed": section_seed,
+    "e2e": section_e2e,
+    "spr": section_spr,
+}
+ALIASES = {"ops": ["verifier", "pruning", "compaction"]}
+
+
+def write_report(sections: list[Section], quick: bool, argv: list[str], seconds: float) -> str:
+    os.makedirs(OUT_DIR, exist_ok=True)
+    lines = ["# specdecode benchmark report", "",
+             f"Command: `python -m bench {' '.join(argv)}`" + (" (quick mode: small sizes)" if quick else ""), "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, no GPU. "
+             f"Wall time {seconds:.0f} s. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    for sec in sections:
+        lines += [f"## {sec.title}{' (FAILED)' if sec.failed else ''}", "", sec.about, ""]
+        for chunk in sec.body:
+            lines += [chunk, ""]
+        lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, OUT_DIR)})" for p in sec.images] + [""]
+    path = os.path.join(OUT_DIR, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
+    parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)}, ops (default: all)")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.list:
+        print(__doc__.split("\n\n")[2])
+        return 0
+    chosen: list[str] = []
+    for name in args.sections or list(SECTIONS):
+        for n in ALIASES.get(name, [name]):
+            if n not in SECTIONS:
+                parser.error(f"unknown section {n!r}; choose from {', '.join(SECTIONS)}, ops")
+            if n not in chosen:
+                chosen.append(n)
+    if not plots.have_matplotlib():
+        print("(matplotlib not installed: tables only; `pip install -e .[bench]` for the figures)")
+    start = time.perf_counter()
+    done: list[Section] = []
+    for i, name in enumerate(chosen):
+        print(f"\n===== [{i + 1}/{len(chosen)}] {name} =====", flush=True)
+        t0 = time.perf_counter()
+        try:
+            done.append(SECTIONS[name](args.quick))
+        except Exception:  # report it, keep going with the other sections
+            tb = traceback.format_exc()
+            print(tb, file=sys.stderr, flush=True)
+            failed = Section(name, "This section raised an exception.", failed=True)
+            failed.code(tb[-3000:])
+            done.append(failed)
+        print(f"===== {name}: {time.perf_counter() - t0:.0f} s =====", flush=True)
+    path = write_report(done, args.quick, argv, time.perf_counter() - start)
+    print(f"\nreport: {path}" + "".join(f"\nfigure: {p}" for s in done for p in s.images))
+    return 1 if any(s.failed for s in done) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
