@@ -6,7 +6,7 @@
 Part 1 (compiler facts): every Triton launch listed by the kernel modules' ``aot_cases()`` is
 compiled ahead of time for real GPU targets through Triton's own compiler (in a subprocess with
 ``TRITON_INTERPRET`` unset). Per kernel and target: registers per thread, spilled bytes, shared
-memory, and the widest global load in the generated code. A streaming pass over a probability
+memory, and the widths of the global loads in the generated code. A streaming pass over a probability
 row or a KV-cache row should use 16-byte loads (``ld.global.v4.b32`` / ``ld.global.v2.b64`` on
 NVIDIA, ``global_load_dwordx4`` on AMD); gathers and scalar metadata loads are narrow by nature.
 
@@ -38,16 +38,22 @@ _AMD_LOAD = re.compile(r"\b(?:global|buffer)_load_(dwordx(\d)|dword|short_d16\w*
 _AMD_BYTES = {"dword": 4, "ushort": 2, "sshort": 2, "ubyte": 1, "sbyte": 1}
 
 
-def widest_load_bytes(asm: str, backend: str) -> int:
-    """Bytes of the widest global load instruction in PTX (``backend='cuda'``) or AMDGCN."""
-    widths = [0]
+def load_widths(asm: str, backend: str) -> list[int]:
+    """Distinct byte widths of the global load instructions in PTX (``backend='cuda'``) or
+    AMDGCN, widest first. Narrow widths include scalar metadata loads (ids, group starts)."""
+    widths = set()
     if backend == "cuda":
         for vec, bits in _NVIDIA_LOAD.findall(asm):
-            widths.append(int(vec or 1) * int(bits) // 8)
+            widths.add(int(vec or 1) * int(bits) // 8)
     else:
         for kind, dwords in _AMD_LOAD.findall(asm):
-            widths.append(4 * int(dwords) if dwords else _AMD_BYTES.get(kind, 2))
-    return max(widths)
+            widths.add(4 * int(dwords) if dwords else _AMD_BYTES.get(kind, 2))
+    return sorted(widths, reverse=True)
+
+
+def widest_load_bytes(asm: str, backend: str) -> int:
+    """Bytes of the widest global load instruction (0 if there is none)."""
+    return max(load_widths(asm, backend), default=0)
 
 
 def _compile_worker(targets: list[str], name_filter: str | None) -> list[dict]:
@@ -68,7 +74,8 @@ def _compile_worker(targets: list[str], name_filter: str | None) -> list[dict]:
                 asm = result.asm["ptx" if backend == "cuda" else "amdgcn"]
                 rows.append(dict(name=case.name, target=target, ok=True, registers=result.registers,
                                  spills=result.spills, shared=result.shared_bytes, num_warps=case.num_warps,
-                                 widest_load=widest_load_bytes(asm, backend)))
+                                 widest_load=widest_load_bytes(asm, backend),
+                                 load_widths=load_widths(asm, backend)))
             except Exception as exc:  # report every failure, not only the first
                 rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[-600:]))
     return rows
@@ -95,11 +102,12 @@ def compile_table(rows: list[dict]) -> list[list]:
             table.append([r["name"], r["target"], "FAILED", "", "", "", r["error"][:80]])
             continue
         vec = "yes" if r["widest_load"] >= 16 else "no"
-        table.append([r["name"], r["target"], r["registers"], r["spills"], r["shared"], f"{r['widest_load']} B", vec])
+        widths = ",".join(str(w) for w in r["load_widths"]) or "-"
+        table.append([r["name"], r["target"], r["registers"], r["spills"], r["shared"], widths, vec])
     return table
 
 
-COMPILE_HEADER = ["kernel [case]", "target", "registers", "spilled", "shared B", "widest load", "16-B loads"]
+COMPILE_HEADER = ["kernel [case]", "target", "registers", "spilled", "shared B", "load widths B", "16-B loads"]
 
 # ----------------------------------------------------------------------------- part 2: bytes model
 

@@ -38,6 +38,7 @@ def test_gpu_report_compiles_one_kernel_in_a_subprocess():
 ])
 def test_widest_load_bytes(asm, backend, expected):
     assert gpu_report.widest_load_bytes(asm, backend) == expected
+    assert gpu_report.load_widths(asm, backend)[:1] == ([expected] if expected else [])
 
 
 def test_bytes_model_orders_designs_and_counts_exactly():
