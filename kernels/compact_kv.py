@@ -17,6 +17,9 @@ is written only at iteration ``kept[t] >= t``, never before. Each surviving row 
 written once; rows already in place (``kept[i] == i``) are not touched; rows ``>= N'`` are never
 written.
 
+Small tensors (survivors of at most ``SMALL_SCRATCH_BYTES`` in all) skip the kernel: a gather
+into a scratch of that size and a copy back, both fully parallel (see ``compact_rows_``).
+
 Any dtype: the tensor is addressed as words of its element size (int8/16/32/64; 16-byte
 elements as two int64 words), so bits move unchanged (NaN payloads, int8 quantised caches).
 """

@@ -274,9 +274,14 @@ def compact_kv_cache_(
         Each tensor narrowed to its first ``N'`` rows (views of the caller's storage), a single
         tensor or a list as given. Rows ``[N', B)`` keep stale data.
 
-    Memory: no second cache, no scratch -- each surviving row is moved once, rows already in
-    place are not moved. Layouts that cannot be compacted in place (see ``row_layout``) raise
-    ``ValueError`` before anything is modified; nothing is ever copied silently.
+    Memory: never a second cache. Each surviving row is moved once and rows already in place
+    are not moved, with no scratch at all -- except on CUDA for tensors whose survivors total at
+    most 1 MiB (lengths, token ids), which are gathered into a scratch of that size and copied
+    back in two fully parallel steps (``specdecode.kernels.compact_kv.SMALL_SCRATCH_BYTES``).
+    Layouts that cannot be compacted in place (see ``row_layout``) raise ``ValueError`` before
+    any tensor is modified; nothing is ever copied silently.
+
+    Host sync: none, unless ``validate=True`` with device indices.
     """
     single = isinstance(cache, torch.Tensor)
     tensors = [cache] if single else _tensor_list(cache)
