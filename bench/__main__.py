@@ -321,7 +321,9 @@ def partial_vs_final_likelihood(num_responses: int, length: int, tau: int, tempe
     import specdecode as sd
     from specdecode.generate import encode_prompts
 
-    target, _ = sd.load_pretrained()
+    from bench.seed_experiment import load_pair
+
+    target, _ = load_pair()
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_responses)]
     gen = torch.Generator().manual_seed(seed)
     out = sd.generate(target, prompts, length, temperature=temperature, generator=gen, eos_id=None)
@@ -414,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument("--weights", default=None,
+                        help="(target, draft) directory for the seed and spr sections instead of the shipped pair "
+                             "(bench_e2e always uses the shipped pair)")
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)}, ops (default: all)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -427,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unknown section {n!r}; choose from {', '.join(SECTIONS)}, ops")
             if n not in chosen:
                 chosen.append(n)
+    if args.weights:
+        from bench import seed_experiment
+        seed_experiment.WEIGHTS_DIR = args.weights
     if not plots.have_matplotlib():
         print("(matplotlib not installed: tables only; `pip install -e .[bench]` for the figures)")
     start = time.perf_counter()

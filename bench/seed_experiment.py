@@ -27,6 +27,7 @@ import specdecode as sd
 from specdecode.tokenizer import tokenizer
 
 SEED_REPORTED_STD = 9.694e-5
+WEIGHTS_DIR: str | None = None  # None: the shipped pair; else a directory from `specdecode.train --out`
 PROMPT = "import os\nimport sys\n\n\ndef main():\n    "
 GREEDY_PROMPTS = ["def _check_arg(name, value):\n    if not isinstance(value, str):\n",
                   "class Queue:\n    def __init__(self, maxsize=0):\n"]
@@ -90,14 +91,18 @@ def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
 
 
 def weights_available() -> bool:
-    from specdecode.generate import WEIGHTS_DIR
-    return all(os.path.exists(os.path.join(WEIGHTS_DIR, f"{m}.pt")) for m in ("target", "draft"))
+    from specdecode.generate import WEIGHTS_DIR as SHIPPED
+    return all(os.path.exists(os.path.join(WEIGHTS_DIR or SHIPPED, f"{m}.pt")) for m in ("target", "draft"))
+
+
+def load_pair():
+    return sd.load_pretrained(weights_dir=WEIGHTS_DIR)
 
 
 @torch.no_grad()
 def model_pair(prompt: str = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
     """(draft p, target q): the shipped models' next-token distributions after ``prompt`` (T = 1)."""
-    target, draft = sd.load_pretrained()
+    target, draft = load_pair()
     ids = torch.tensor([tokenizer.encode(prompt)])
     q = torch.softmax(target(ids)[0, -1].float(), -1)
     p = torch.softmax(draft(ids)[0, -1].float(), -1)
@@ -172,7 +177,7 @@ def greedy_side_by_side(max_new_tokens: int, num_draft_tokens: int = 4) -> dict 
     """Plain vs speculative greedy text on the shipped pair; ``None`` without weights."""
     if not weights_available():
         return None
-    target, draft = sd.load_pretrained()
+    target, draft = load_pair()
     plain = sd.generate(target, GREEDY_PROMPTS, max_new_tokens, temperature=0.0, eos_id=None)
     spec = sd.speculative_generate(target, draft, GREEDY_PROMPTS, max_new_tokens, num_draft_tokens=num_draft_tokens,
                                    temperature=0.0, eos_id=None)
@@ -223,7 +228,10 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="200,000 samples per pair, shorter greedy text")
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--plot", default=None, help="write the bar chart to this PNG (needs matplotlib)")
+    parser.add_argument("--weights", default=None, help="a (target, draft) pair directory instead of the shipped one")
     args = parser.parse_args(argv)
+    global WEIGHTS_DIR
+    WEIGHTS_DIR = args.weights or WEIGHTS_DIR
     samples = args.samples or (200_000 if args.quick else 1_000_000)
     out = run(samples, greedy_tokens=80 if args.quick else 160)
     if args.plot:
