@@ -246,3 +246,22 @@ def test_opcheck():
     data = torch.randn(6, 3, 4)
     torch.library.opcheck(torch.ops.specdecode.compact_rows_, (data, torch.tensor([0, 2, 5]), 0))
     torch.library.opcheck(torch.ops.specdecode.compact_rows_, (data.to(torch.int8), torch.tensor([2]), 1))
+
+
+def test_fixed_shape_round_under_torch_compile():
+    # The graph-capture path: the fixed-shape mask op, a static-size kept set, in-place compaction.
+    def prune_and_compact(rewards, group_sizes, num_keep, cache, num_kept: int):
+        keep_mask = torch.ops.specdecode.topk_prune_mask(rewards, group_sizes, num_keep)
+        kept = torch.nonzero_static(keep_mask, size=num_kept).flatten()
+        torch.ops.specdecode.compact_rows_(cache, kept, 1)
+        return keep_mask
+
+    rewards = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7, 0.2])
+    group_sizes, num_keep = torch.tensor([4, 2]), torch.tensor([2, 1])
+    cache = torch.arange(18.0).view(3, 6)
+    expected_cache = cache.clone()
+    expected_cache[:, :3] = cache[:, [1, 3, 4]]
+    compiled = torch.compile(prune_and_compact, fullgraph=True, dynamic=False)
+    keep_mask = compiled(rewards, group_sizes, num_keep, cache, 3)
+    assert keep_mask.tolist() == [False, True, False, True, True, False]
+    assert torch.equal(cache, expected_cache)
