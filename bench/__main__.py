@@ -99,6 +99,15 @@ def call_main(module, quick: bool):
     return capture(module.main, argv=argv)
 
 
+def as_markdown(printed: str) -> str:
+    """Another benchmark's printed output for the report: its own ``## `` headings become bold
+    lines (they would otherwise break this report's structure); tables pass through."""
+    lines = []
+    for line in printed.rstrip().splitlines():
+        lines += [f"**{line[3:].strip()}**", ""] if line.startswith("## ") else [line]
+    return "\n".join(lines)
+
+
 def optional_module(name: str):
     try:
         return importlib.import_module(name)
@@ -290,7 +299,7 @@ def section_e2e(quick: bool) -> Section:
                "(train them with `python -m specdecode.train`).")
         return s
     _, text = call_main(module, quick)
-    s.text(text[text.find("|"):] if "|" in text else text)  # its markdown tables, as printed
+    s.text(as_markdown(text))  # its markdown tables, as printed
     rows = parse_e2e_output(text)
     s.image(plots.plot_e2e_throughput(rows, os.path.join(OUT_DIR, "e2e_tokens_per_s.png")))
     hists = {f"K={r['k']}, batch {r['batch']}, {'greedy' if r['temperature'] == 0 else 'T=%g' % r['temperature']}":
@@ -349,7 +358,7 @@ def section_spr(quick: bool) -> Section:
         s.text("bench/bench_best_of_n.py is not in the tree yet: the reward-vs-compute comparison is missing.")
     else:
         result, text = call_main(module, quick)
-        s.text(text[text.find("|"):] if "|" in text else f"```\n{text}\n```")
+        s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
         curves = _spr_curves(result, text)
         if curves:
             s.image(plots.plot_reward_vs_compute(curves, os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),

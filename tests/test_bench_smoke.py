@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
-from bench.__main__ import Section, parse_e2e_output, pearson, write_report
+from bench.__main__ import Section, as_markdown, parse_e2e_output, pearson, write_report
 
 
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
@@ -103,6 +103,7 @@ def test_parse_e2e_output_and_pearson():
     assert rows[1]["hist"] == [1, 2, 3, 4, 5] and rows[1]["same_text"] == "yes"
     assert math.isclose(pearson([1, 2, 3], [2, 4, 6]), 1.0)
     assert math.isclose(pearson([1, 2, 3], [3, 2, 1]), -1.0)
+    assert as_markdown("## greedy\n| a |") == "**greedy**\n\n| a |"
 
 
 def test_tables_and_report(tmp_path, monkeypatch):
