@@ -1,0 +1,446 @@
+"""Best-of-N and Speculative Rejection (arXiv 2410.20290) for many prompts in one batch.
+
+Both run on one engine, ``CandidateBatch``: the live candidates of every prompt are the rows of
+one dense batch over one static KV cache (``specdecode.model``), grouped by prompt and in
+candidate order. Per prompt::
+
+    prefill the prompt ONCE (one forward over the P prompts) and copy its KV to its n rows
+    loop:  sample one token for every live row            (plain decoding, temperature T)
+           rows that emitted EOS or reached max_new_tokens are *finished*: archived (tokens,
+               length, running log-likelihood) and retired -- compacted out of the batch
+           at a decision point (Speculative Rejection only): score the unfinished rows with the
+               reward, keep the best of each prompt (``topk_prune``), compact the KV cache AND
+               every per-row tensor (token buffer, lengths, next-token logits, ...) with
+               ``compact_kv_cache_`` so the survivors keep decoding as a dense batch
+           one forward over the live rows
+    finally: score every finished row; per prompt return the best.
+
+Nothing is re-prefilled and no text is re-tokenised: a survivor's cache rows move, its
+positions do not (contrast the reference code, specrej.md §1.6).
+
+**Randomness, per candidate.** Candidate ``c`` of the flattened ``P x n`` grid draws its token at
+step ``t`` by inverse CDF from a uniform ``U[c, t]``, with ``U = torch.rand(P*n, max_new_tokens,
+generator=generator)`` drawn once up front. A candidate's tokens therefore do not depend on which
+other rows share the batch, so under the same generator state Speculative Rejection generates,
+for every candidate it keeps, exactly the tokens Best-of-N generates for it: ``alpha=0`` returns
+Best-of-N's answer, and any ``alpha`` returns one of Best-of-N's candidates (tested).
+
+**Decision points** (Speculative Rejection), one of:
+
+- ``decision_tokens=(t1, t2, ...)``: after every live row has generated ``t_i`` tokens (rows
+  advance in lockstep, one token per step);
+- ``memory_budget=bytes``: before a forward whose live KV would exceed the budget, i.e. when
+  ``sum over live rows of (positions held after the forward) * kv_bytes_per_token(model)`` is
+  over ``memory_budget`` -- the paper decides by memory (decode until it is about to run out).
+  This counts the KV the live rows need (what a paged cache would hold); the static cache
+  here is preallocated for the initial batch. The initial batch must fit. One pruning round per
+  decision; if the survivors still do not fit, the next step is a decision point again (so with
+  ``alpha=0``, which prunes nothing, every step over the budget is one -- use a schedule there).
+
+**alpha** is the rejection rate in ``[0, 1]``: at each decision point, prompt ``g`` with ``m_g``
+unfinished live rows keeps ``max(1, ceil((1 - alpha) * m_g))`` of them (exact decimal rounding,
+``topk_prune``'s rule: alpha = 0.7 of 10 keeps 3), so ``alpha = 0`` prunes nothing and
+``alpha = 1`` keeps one per prompt. Finished rows are not in the pool: they cost no compute, take
+no keep slot, and stay eligible for the final argmax (the reference code ranks them together
+with the unfinished ones, specrej.md §1.4; here keeping them is free).
+
+**Ties and NaN** (pruning and the final choice): the higher reward wins; equal rewards go to the
+lower candidate index; NaN ranks below every number (``topk_prune``'s order). Rewards are
+compared in float32.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from specdecode.generate import Prompts, encode_prompts, logits_to_probs
+from specdecode.model import Transformer
+from specdecode.pruning import compact_kv_cache_, topk_prune
+from specdecode.rewards import LogLikelihoodReward, Reward, score
+from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
+
+__all__ = ["best_of_n", "speculative_rejection", "BestOfNOutput", "CandidateBatch", "kv_bytes_per_token",
+           "max_candidates_for_budget"]
+
+LIVE, FINISHED, PRUNED = 0, 1, 2
+
+
+def kv_bytes_per_token(model: Transformer) -> int:
+    """KV-cache bytes one position of one row occupies: layers x (K, V) x kv_heads x head_dim x
+    element size, from the model's config and dtype (no cache allocated)."""
+    c = model.config
+    return 2 * c.n_layers * c.n_kv_heads * c.head_dim * model.output.weight.element_size()
+
+
+def max_candidates_for_budget(model: Transformer, prompts: Prompts, memory_budget: int,
+                              min_new_tokens: int = 8) -> int:
+    """The largest ``n`` whose initial batch (every prompt's ``n`` candidates holding the prompt
+    plus ``min_new_tokens`` positions) fits ``memory_budget`` bytes of KV: the paper's initial
+    batch, "as large as memory allows" (its code requires room for 8 new tokens)."""
+    _, prompt_lengths = encode_prompts(prompts)
+    per_candidate = (int(prompt_lengths.sum()) + min_new_tokens * len(prompt_lengths)) * kv_bytes_per_token(model)
+    return memory_budget // per_candidate
+
+
+@dataclass
+class BestOfNOutput:
+    """Per prompt, the best finished response, and every candidate's fate.
+
+    ``P`` prompts, ``n`` candidates each, ``M = max_new_tokens``."""
+
+    tokens: Tensor  # [P, M] int64: the best response's new tokens, then -1
+    num_tokens: Tensor  # [P] int64: its length (EOS included if emitted)
+    rewards: Tensor  # [P] float32: its reward
+    best_candidate: Tensor  # [P] int64: which candidate (0..n-1) it was
+    candidate_tokens: Tensor  # [P, n, M] int64: every candidate's tokens (pruned: up to pruning), then -1
+    candidate_num_tokens: Tensor  # [P, n] int64
+    candidate_rewards: Tensor  # [P, n] float32: final reward of finished candidates, NaN for pruned ones
+    finished: Tensor  # [P, n] bool: finished (EOS or max_new_tokens) rather than pruned
+    pruned_at_round: Tensor  # [P, n] int64: the decision round (0-based) that pruned it, -1 if finished
+    stats: dict = field(default_factory=dict)
+
+    def texts(self) -> list[str]:
+        """Each prompt's best response as text (specials dropped)."""
+        return [tokenizer.decode(row[:k]) for row, k in zip(self.tokens.tolist(), self.num_tokens.tolist())]
+
+
+class CandidateBatch:
+    """The live candidates of ``P`` prompts x ``n`` as one dense decoding batch (the engine).
+
+    Per-row state, all with the batch in dim 0 and compacted together with the KV cache:
+    ``seq [B, S]`` (prompt then response, PAD after), ``n [B]`` (tokens in ``seq``), ``prompt_len
+    [B]``, ``cand [B]`` (candidate id ``g*n + j``, ascending: rows stay grouped by prompt),
+    ``logits [B, V]`` (the next token's logits), ``logprob_sum [B]`` (running response
+    log-likelihood at temperature 1). The cache holds positions ``0..n-2`` of each row: the last
+    sampled token is fed by the next ``forward``. Finished and pruned rows are archived by
+    candidate id in ``final_seq``/``final_len``/``final_logprob``/``status``.
+    """
+
+    def __init__(self, model: Transformer, ids: Tensor, prompt_lengths: Tensor, n: int, max_new_tokens: int,
+                 temperature: float, uniforms: Tensor, eos_id: int | None):
+        self.model, self.n_per_prompt, self.max_new_tokens = model, n, max_new_tokens
+        self.temperature, self.uniforms, self.eos_id = temperature, uniforms, eos_id
+        self.ids, self.prompt_lengths = ids, prompt_lengths
+        self.num_prompts, width = ids.shape
+        total = self.num_prompts * n
+        device = ids.device
+        self.seq_len = width + max_new_tokens
+        self.cache = model.new_cache(total, self.seq_len)
+        self.seq = torch.full((total, self.seq_len), PAD_ID, dtype=torch.int64, device=device)
+        self.prompt_len = prompt_lengths.repeat_interleave(n)
+        self.n = self.prompt_len.clone()
+        self.cand = torch.arange(total, device=device)
+        self.logits = None
+        self.logprob_sum = torch.zeros(total, dtype=torch.float64, device=device)
+        self.final_seq = torch.full_like(self.seq, PAD_ID)
+        self.final_len = self.prompt_len.clone()
+        self.final_logprob = torch.zeros_like(self.logprob_sum)
+        self.status = torch.full((total,), LIVE, dtype=torch.int64, device=device)
+        self.pruned_round = torch.full((total,), -1, dtype=torch.int64, device=device)
+        self.step = 0  # tokens generated by every live row so far
+        self.counts = {"forwards": 0, "model_tokens": 0, "tokens_generated": 0}
+
+    @property
+    def size(self) -> int:
+        return self.cand.shape[0]
+
+    def num_new(self) -> Tensor:
+        return self.n - self.prompt_len
+
+    def live_per_prompt(self) -> list[int]:
+        return torch.bincount(self.cand // self.n_per_prompt, minlength=self.num_prompts).tolist()
+
+    def live_kv_tokens(self) -> int:
+        """Positions the live rows hold once the next forward has written its token."""
+        return int(self.n.sum())
+
+    def _count_forward(self, tokens: Tensor) -> None:
+        self.counts["forwards"] += 1
+        self.counts["model_tokens"] += tokens.numel()
+
+    @torch.no_grad()
+    def prefill(self) -> None:
+        """One forward over the ``P`` prompts (not ``P*n`` rows), then each prompt's KV and
+        next-token logits copied to its ``n`` rows."""
+        P, width = self.ids.shape
+        rows = torch.arange(P, device=self.ids.device)
+        self._count_forward(self.ids)
+        logits = self.model(self.ids, torch.zeros_like(self.prompt_lengths), self.cache)[rows, self.prompt_lengths - 1]
+        # Rows 0..P-1 hold the prompts; one gather-then-scatter copies them to rows g*n..g*n+n-1
+        # (the gather reads every source before any destination is written).
+        self.cache.copy_rows_(rows.repeat_interleave(self.n_per_prompt), self.cand, length=width)
+        self.seq[:, :width] = self.ids.repeat_interleave(self.n_per_prompt, 0)
+        self.logits = logits.repeat_interleave(self.n_per_prompt, 0)
+
+    def sample(self) -> Tensor:
+        """Sample one token per live row, append it; return the ``[B]`` mask of rows now finished."""
+        rows = torch.arange(self.size, device=self.seq.device)
+        probs = logits_to_probs(self.logits, self.temperature)
+        if self.temperature == 0:
+            token = probs.argmax(-1)
+        else:
+            token = _inverse_cdf(probs, self.uniforms[self.cand, self.step])
+        self.logprob_sum += torch.log_softmax(self.logits.float(), -1)[rows, token].double()
+        self.seq[rows, self.n] = token
+        self.n += 1
+        self.step += 1
+        self.counts["tokens_generated"] += self.size
+        finished = self.num_new() >= self.max_new_tokens
+        if self.eos_id is not None:
+            finished |= token == self.eos_id
+        return finished
+
+    @torch.no_grad()
+    def forward(self) -> None:
+        """Feed every live row's last sampled token; store the next-token logits."""
+        rows = torch.arange(self.size, device=self.seq.device)
+        tokens = self.seq[rows, self.n - 1][:, None]
+        self._count_forward(tokens)
+        self.logits = self.model(tokens, self.n - 1, self.cache)[:, -1]
+
+    def archive(self, rows: Tensor, status: int, round_index: int = -1) -> None:
+        """Record rows (finished or pruned) by candidate id."""
+        cand = self.cand[rows]
+        self.final_seq[cand] = self.seq[rows]
+        self.final_len[cand] = self.n[rows]
+        self.final_logprob[cand] = self.logprob_sum[rows]
+        self.status[cand] = status
+        self.pruned_round[cand] = round_index
+
+    def compact_(self, kept: Tensor) -> None:
+        """Keep rows ``kept`` (ascending) as rows ``0..len(kept)-1``: the KV cache and every
+        per-row tensor, in place (``compact_kv_cache_``); the state becomes the narrowed views."""
+        state = [self.seq, self.n, self.prompt_len, self.cand, self.logits, self.logprob_sum]
+        live_cache = [t[:self.size] for t in self.cache.tensors()]  # the forward reads rows 0..B-1
+        views = compact_kv_cache_(state + live_cache, kept, batch_dim=0)
+        self.seq, self.n, self.prompt_len, self.cand, self.logits, self.logprob_sum = views[:len(state)]
+
+    def retire(self, finished: Tensor) -> None:
+        self.archive(finished.nonzero().flatten(), FINISHED)
+        self.compact_((~finished).nonzero().flatten())
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Per row, the first id whose float64 CDF exceeds ``u * total``: a draw from ``probs``."""
+    cdf = probs.double().cumsum(-1)
+    hit = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
+    return hit.clamp_max(probs.shape[-1] - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_new_tokens: int,
+              temperature: float = 1.0, generator: torch.Generator | None = None, eos_id: int | None = EOS_ID,
+              reward_batch_size: int | None = 256) -> BestOfNOutput:
+    """Best-of-N for many prompts at once: ``n`` candidates per prompt decoded to the end (EOS or
+    ``max_new_tokens``) in one dense batch, each scored by ``reward``; the best per prompt wins.
+
+    Each prompt is prefilled once and its KV copied to its ``n`` rows; finished rows leave the
+    batch (compacted out) so the rest decode as a smaller dense batch. Same engine, sampling and
+    tie rules as ``speculative_rejection`` (module docstring), which with ``alpha=0`` returns
+    exactly this.
+
+    Args:
+        model: a ``specdecode.model.Transformer``.
+        reward: a callable ``(tokens [B, L], lengths [B]) -> [B]`` float (higher is better), which
+            may also take ``prompt_lengths``; see ``specdecode.rewards``.
+        prompts: strings, token lists or a ``[P, L]`` tensor (``specdecode.generate.encode_prompts``).
+        n: candidates per prompt (>= 1).
+        max_new_tokens: new tokens per candidate at most; a candidate that reaches it is finished.
+        temperature: sampling temperature (> 0; 0 is greedy, which makes all ``n`` candidates equal).
+        generator: drives the one up-front draw of the per-candidate uniforms.
+        eos_id: a candidate finishes after emitting it (``None``: only at ``max_new_tokens``).
+        reward_batch_size: rows per reward call (``None``: all at once).
+
+    Returns:
+        ``BestOfNOutput``; ``stats`` has ``tokens_generated`` (all candidates), ``forwards``,
+        ``model_tokens`` (tokens through the model: prefill + decode), ``prefill_tokens``,
+        ``reward_calls``, ``reward_rows``, ``seconds`` (with ``reward_seconds``), ``tokens_per_second``,
+        ``peak_kv_bytes`` (largest live KV), ``kv_bytes_per_token``, ``rounds`` (empty here).
+    """
+    return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
+                alpha=None, decision_tokens=None, memory_budget=None)
+
+
+def speculative_rejection(model: Transformer, reward: Reward, prompts: Prompts, n: int, alpha: Real,
+                          max_new_tokens: int, *, decision_tokens: Sequence[int] | None = None,
+                          memory_budget: int | None = None, temperature: float = 1.0,
+                          generator: torch.Generator | None = None, eos_id: int | None = EOS_ID,
+                          reward_batch_size: int | None = 256) -> BestOfNOutput:
+    """Speculative Rejection (fast Best-of-N) for many prompts at once.
+
+    Starts like ``best_of_n`` (``n`` candidates per prompt, prompt prefilled once); at each
+    decision point scores the unfinished candidates by ``reward`` on their partial responses,
+    keeps the best ``max(1, ceil((1 - alpha) * m_g))`` of each prompt's ``m_g`` (``topk_prune``),
+    and compacts the KV cache and per-row state so the survivors keep decoding densely. Finished
+    candidates are retired as they finish and stay eligible. Returns the best finished response
+    per prompt. Semantics of alpha, decision points, rounding and ties: the module docstring.
+
+    Args (beyond ``best_of_n``'s):
+        alpha: rejection rate in ``[0, 1]`` (0 prunes nothing: exactly ``best_of_n``).
+        decision_tokens: strictly increasing ints in ``[1, max_new_tokens)``: decide after that
+            many new tokens per row.
+        memory_budget: bytes of live KV (``kv_bytes_per_token(model)`` per position per row):
+            decide whenever the next forward would exceed it. Give exactly one of the two.
+
+    Returns:
+        ``BestOfNOutput``. ``stats["rounds"]``: one dict per decision point with ``tokens_per_row``,
+        ``live_kv_bytes``, ``live_per_prompt``, ``kept_per_prompt``, ``rewards`` (per prompt, the
+        partial rewards of its live rows, in candidate order), ``best_partial`` (per prompt).
+    """
+    if alpha is None or isinstance(alpha, bool) or not isinstance(alpha, Real):
+        raise TypeError(f"alpha must be a real number in [0, 1], got {alpha!r}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if (decision_tokens is None) == (memory_budget is None):
+        raise ValueError("give exactly one of decision_tokens (a schedule of tokens per row) and memory_budget (bytes)")
+    return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
+                alpha=alpha, decision_tokens=decision_tokens, memory_budget=memory_budget)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+def _check_args(model, reward, n, max_new_tokens, temperature, generator, reward_batch_size,
+                decision_tokens, memory_budget) -> list[int]:
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a specdecode.model.Transformer, got {type(model).__name__}")
+    if not callable(reward):
+        raise TypeError(f"reward must be callable (tokens, lengths) -> [B] scores, got {type(reward).__name__}")
+    for name, value in (("n", n), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if reward_batch_size is not None and (isinstance(reward_batch_size, bool) or not isinstance(reward_batch_size, int)
+                                          or reward_batch_size < 1):
+        raise ValueError(f"reward_batch_size must be a positive int or None, got {reward_batch_size!r}")
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget <= 0):
+        raise ValueError(f"memory_budget must be a positive int (bytes), got {memory_budget!r}")
+    if decision_tokens is None:
+        return []
+    if isinstance(decision_tokens, (str, bytes)) or not isinstance(decision_tokens, Sequence):
+        raise TypeError(f"decision_tokens must be a sequence of ints, got {type(decision_tokens).__name__}")
+    taus = list(decision_tokens)
+    if not taus:
+        raise ValueError("decision_tokens is empty: give at least one decision point")
+    for i, tau in enumerate(taus):
+        if isinstance(tau, bool) or not isinstance(tau, int):
+            raise TypeError(f"decision_tokens[{i}] must be an int, got {type(tau).__name__}")
+        if not 1 <= tau < max_new_tokens:
+            raise ValueError(f"decision_tokens[{i}] = {tau} is outside [1, max_new_tokens = {max_new_tokens})")
+        if i and tau <= taus[i - 1]:
+            raise ValueError(f"decision_tokens must be strictly increasing: {taus[i - 1]} then {tau}")
+    return taus
+
+
+@torch.no_grad()
+def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size, *,
+         alpha, decision_tokens, memory_budget) -> BestOfNOutput:
+    taus = _check_args(model, reward, n, max_new_tokens, temperature, generator, reward_batch_size,
+                       decision_tokens, memory_budget)
+    device = model.output.weight.device
+    ids, prompt_lengths = encode_prompts(prompts, device)
+    P, width = ids.shape
+    if width + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"longest prompt ({width}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"max_seq_len {model.config.max_seq_len}")
+    bytes_per_token = kv_bytes_per_token(model)
+    if memory_budget is not None:
+        initial = (int(prompt_lengths.sum()) * n + P * n) * bytes_per_token
+        if initial > memory_budget:
+            fits = max_candidates_for_budget(model, prompts, memory_budget, min_new_tokens=1)
+            raise ValueError(f"memory_budget = {memory_budget} bytes cannot hold the initial batch: {P} prompts x n = {n} "
+                             f"candidates need {initial} bytes of KV for the prompts and one token "
+                             f"({bytes_per_token} bytes per token); n <= {fits} fits")
+    start = time.perf_counter()
+    uniforms = torch.rand((P * n, max_new_tokens), generator=generator, device="cpu").to(device)
+    batch = CandidateBatch(model, ids, prompt_lengths, n, max_new_tokens, float(temperature), uniforms, eos_id)
+    running = isinstance(reward, LogLikelihoodReward) and reward.model is model and reward.running_sums
+    timers = {"reward_seconds": 0.0, "reward_calls": 0, "reward_rows": 0}
+
+    def rewards_of(tokens, lengths, plens, logprob_sum):
+        t0 = time.perf_counter()
+        if running:
+            values = LogLikelihoodReward.from_running_sums(logprob_sum, lengths - plens)
+        else:
+            values = score(reward, tokens, lengths, plens, reward_batch_size)
+            timers["reward_calls"] += 1
+        timers["reward_rows"] += tokens.shape[0]
+        timers["reward_seconds"] += time.perf_counter() - t0
+        return values
+
+    batch.prefill()
+    rounds: list[dict] = []
+    peak_kv = batch.live_kv_tokens()
+    next_tau = 0
+    while True:
+        finished = batch.sample()
+        if bool(finished.any()):
+            batch.retire(finished)
+        if batch.size == 0:
+            break
+        live_kv = batch.live_kv_tokens()
+        decide = alpha is not None and (
+            (next_tau < len(taus) and batch.step == taus[next_tau])
+            or (memory_budget is not None and live_kv * bytes_per_token > memory_budget))
+        if decide:
+            next_tau += 1
+            rounds.append(_prune_round(batch, alpha, len(rounds), rewards_of, live_kv * bytes_per_token))
+            live_kv = batch.live_kv_tokens()
+        peak_kv = max(peak_kv, live_kv)
+        batch.forward()
+    out = _select(batch, rewards_of, P, n, max_new_tokens)
+    seconds = time.perf_counter() - start
+    out.stats = {**batch.counts, "prefill_forwards": 1, "prefill_tokens": ids.numel(), "candidates": P * n,
+                 **timers, "seconds": seconds, "tokens_per_second": batch.counts["tokens_generated"] / seconds,
+                 "kv_bytes_per_token": bytes_per_token, "peak_kv_bytes": peak_kv * bytes_per_token,
+                 "reward_from_running_logprobs": running, "rounds": rounds}
+    return out
+
+
+def _prune_round(batch: CandidateBatch, alpha, round_index: int, rewards_of, live_kv_bytes: int) -> dict:
+    sizes = batch.live_per_prompt()
+    values = rewards_of(batch.seq, batch.n, batch.prompt_len, batch.logprob_sum)
+    result = topk_prune(values, sizes, alpha)
+    pruned = (~result.keep_mask).nonzero().flatten()
+    batch.archive(pruned, PRUNED, round_index)
+    batch.compact_(result.kept_indices)
+    per_prompt = values.split(sizes)
+    return {"round": round_index, "tokens_per_row": batch.step, "live_kv_bytes": live_kv_bytes,
+            "live_per_prompt": sizes, "kept_per_prompt": result.kept_group_sizes.tolist(),
+            "rewards": [v.tolist() for v in per_prompt],
+            "best_partial": [float(v.max()) if v.numel() else float("nan") for v in per_prompt]}
+
+
+def _select(batch: CandidateBatch, rewards_of, P: int, n: int, max_new_tokens: int) -> BestOfNOutput:
+    """Score every finished candidate; per prompt keep the best (``topk_prune`` with one slot)."""
+    done = (batch.status == FINISHED).nonzero().flatten()  # ascending: grouped by prompt
+    plens = batch.prompt_lengths.repeat_interleave(n)
+    values = rewards_of(batch.final_seq[done], batch.final_len[done], plens[done], batch.final_logprob[done])
+    sizes = torch.bincount(done // n, minlength=P).tolist()
+    best = done[topk_prune(values, sizes, num_keep=[1] * P).kept_indices]  # every prompt has one finished
+    candidate_rewards = torch.full((P * n,), float("nan"), device=values.device)
+    candidate_rewards[done] = values
+    slots = torch.arange(max_new_tokens, device=plens.device)
+    num_tokens = batch.final_len - plens
+    gathered = batch.final_seq.gather(1, (plens[:, None] + slots).clamp_max(batch.seq_len - 1))
+    tokens = torch.where(slots < num_tokens[:, None], gathered, -1)
+    return BestOfNOutput(
+        tokens=tokens[best], num_tokens=num_tokens[best], rewards=candidate_rewards[best], best_candidate=best % n,
+        candidate_tokens=tokens.view(P, n, max_new_tokens), candidate_num_tokens=num_tokens.view(P, n),
+        candidate_rewards=candidate_rewards.view(P, n), finished=(batch.status == FINISHED).view(P, n),
+        pruned_at_round=batch.pruned_round.view(P, n))

@@ -1,0 +1,183 @@
+"""Rewards for Best-of-N and Speculative Rejection: score partial or finished responses.
+
+A reward is any callable ``reward(tokens, lengths) -> Tensor [B]`` (float, higher is better):
+
+- ``tokens [B, L]`` int64: row ``b`` is the prompt followed by the response so far (a partial
+  response at a decision point, or a finished one, EOS included if it was emitted); positions
+  ``>= lengths[b]`` hold PAD and must be ignored;
+- ``lengths [B]`` int64: the number of valid tokens of each row (prompt + response).
+
+If the callable also takes a ``prompt_lengths`` argument (keyword, ``[B]`` int64), it receives
+where each response starts -- the built-in rewards below do. ``score(reward, ...)`` is the one
+place that calls a reward: it chunks large batches and checks what comes back.
+
+Built in:
+
+- ``LogLikelihoodReward(model)``: the mean log-likelihood of the response under ``model`` at
+  temperature 1 -- the seed's "maximise the generation probability" setting (Table 2: lower
+  perplexity is better; ``exp(-reward)`` is the response's perplexity).
+- ``RewardModel``: a small Transformer with a scalar head on the last token. Randomly initialised
+  it is a **stand-in** for a real reward model (its scores mean nothing); it shows the shapes,
+  the cost of a separate scoring network, and the plumbing. ``RewardModel.from_language_model``
+  starts its trunk from a language model's weights, as real reward models are fine-tuned from one.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from specdecode.model import Block, ModelConfig, RMSNorm, Transformer, rope_tables
+
+Reward = Callable[..., Tensor]
+
+__all__ = ["Reward", "LogLikelihoodReward", "RewardModel", "score", "takes_prompt_lengths"]
+
+
+def takes_prompt_lengths(reward: Reward) -> bool:
+    """Whether ``reward`` accepts a ``prompt_lengths`` keyword (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(reward).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: call with two arguments
+        return False
+    return any(p.name == "prompt_lengths" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+@torch.no_grad()
+def score(reward: Reward, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor,
+          batch_size: int | None = None) -> Tensor:
+    """``reward`` on rows ``tokens [B, L]`` in chunks of ``batch_size`` rows (all at once if None),
+    each chunk cut to its longest row. Returns ``[B]`` float32 on the device of ``tokens``.
+
+    Raises ``ValueError``/``TypeError`` naming the reward if it returns something other than a
+    ``[rows]`` float tensor."""
+    num_rows = tokens.shape[0]
+    if num_rows == 0:
+        return torch.empty(0, dtype=torch.float32, device=tokens.device)
+    pass_prompt = takes_prompt_lengths(reward)
+    step = num_rows if batch_size is None else batch_size
+    out = []
+    for start in range(0, num_rows, step):
+        rows = slice(start, start + step)
+        width = int(lengths[rows].max())
+        args = (tokens[rows, :width], lengths[rows])
+        values = reward(*args, prompt_lengths=prompt_lengths[rows]) if pass_prompt else reward(*args)
+        out.append(_checked(reward, values, args[0].shape[0]))
+    return torch.cat(out).to(device=tokens.device, dtype=torch.float32)
+
+
+def _checked(reward: Reward, values, num_rows: int) -> Tensor:
+    name = getattr(reward, "__name__", type(reward).__name__)
+    if not isinstance(values, Tensor):
+        raise TypeError(f"reward {name} must return a torch.Tensor, got {type(values).__name__}")
+    if values.shape != (num_rows,) or not values.is_floating_point():
+        raise ValueError(f"reward {name} must return a [{num_rows}] float tensor (one score per row), "
+                         f"got {values.dtype} of shape {list(values.shape)}")
+    return values
+
+
+def response_token_logprobs(model: Transformer, tokens: Tensor, lengths: Tensor,
+                            prompt_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probabilities ``[B, L-1]`` (float32, temperature 1) of each next token under ``model``,
+    and the ``[B, L-1]`` mask of the ones that are response tokens (``prompt_len <= j+1 < length``)."""
+    logits = model(tokens)  # plain causal: PAD after a row's end cannot change earlier positions
+    logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    next_pos = torch.arange(1, tokens.shape[1], device=tokens.device)[None, :]
+    mask = (next_pos >= prompt_lengths[:, None]) & (next_pos < lengths[:, None])
+    return logprobs, mask
+
+
+class LogLikelihoodReward:
+    """Mean log-likelihood of the response under ``model`` (temperature 1), the seed's "maximise
+    generation probability" reward: ``mean_j log p(y_j | prompt, y_<j)`` over the response
+    tokens so far (EOS included once emitted). A row with no response token scores 0.
+
+    When ``best_of_n``/``speculative_rejection`` generate with this same ``model``, they read the
+    reward from the log-probabilities already computed while decoding (``running_sums=True``,
+    the default) instead of running a second forward over every scored row: the same numbers up
+    to float rounding (cached vs full-sequence attention), checked by the tests."""
+
+    def __init__(self, model: Transformer, running_sums: bool = True):
+        if not isinstance(model, Transformer):
+            raise TypeError(f"model must be a specdecode Transformer, got {type(model).__name__}")
+        self.model = model
+        self.running_sums = running_sums
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor) -> Tensor:
+        logprobs, mask = response_token_logprobs(self.model, tokens, lengths, prompt_lengths)
+        count = mask.sum(1)
+        total = torch.where(mask, logprobs, 0.0).sum(1)
+        return torch.where(count > 0, total / count.clamp_min(1), 0.0)
+
+    @staticmethod
+    def from_running_sums(logprob_sum: Tensor, num_tokens: Tensor) -> Tensor:
+        """The reward from per-row sums of response log-probabilities and response lengths."""
+        return torch.where(num_tokens > 0, logprob_sum / num_tokens.clamp_min(1), 0.0).float()
+
+    def __repr__(self) -> str:
+        return f"LogLikelihoodReward(model={self.model.num_parameters():,} params)"
+
+
+class RewardModel(nn.Module):
+    """A small Llama-style Transformer trunk with a scalar head read at each row's last token.
+
+    **A stand-in for a real reward model**: randomly initialised (or with a trunk copied from a
+    language model and a random head), its scores rank responses arbitrarily. It is here so the
+    Speculative Rejection loop can be run and timed with a separate scoring network, as in the
+    paper (which uses e.g. an 7-8B RM); plug in a trained model with the same call signature.
+
+    ``forward(tokens [B, L], lengths [B], prompt_lengths=None) -> [B] float32``. It scores the
+    whole row (prompt and response, like a chat RM scores the conversation); causal attention
+    means the PAD after a row's end does not change its score.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, seed: int | None = 0):
+        super().__init__()
+        config = config or ModelConfig(n_layers=2, dim=128, n_heads=4, n_kv_heads=2, max_seq_len=1024)
+        self.config = config
+        generator_state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)  # a reproducible stand-in; the caller's RNG is restored below
+        try:
+            self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+            self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+            self.norm = RMSNorm(config.dim, config.norm_eps)
+            self.head = nn.Linear(config.dim, 1)
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        finally:
+            if seed is not None:
+                torch.random.set_rng_state(generator_state)
+        cos, sin = rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.eval()
+
+    @classmethod
+    def from_language_model(cls, model: Transformer, seed: int | None = 0) -> "RewardModel":
+        """A reward model whose trunk (embeddings, blocks, final norm) is a copy of ``model``'s and
+        whose scalar head is random: how real reward models start before preference training."""
+        rm = cls(ModelConfig(**model.config.to_dict()), seed=seed)
+        trunk = {k: v for k, v in model.state_dict().items() if not k.startswith("output.")}
+        missing = rm.load_state_dict(trunk, strict=False).missing_keys
+        assert set(missing) <= {"head.weight", "head.bias"}, missing
+        return rm.to(device=model.output.weight.device, dtype=model.output.weight.dtype)
+
+    @torch.no_grad()
+    def forward(self, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor | None = None) -> Tensor:
+        B, T = tokens.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"rows of {T} tokens exceed the reward model's max_seq_len {self.config.max_seq_len}")
+        pos = torch.arange(T, device=tokens.device).expand(B, T)
+        dtype = self.head.weight.dtype
+        cos = self.rope_cos[pos][:, :, None, :].to(dtype)
+        sin = self.rope_sin[pos][:, :, None, :].to(dtype)
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, cos, sin, None, pos, None, None)  # mask None: causal, SDPA's fast path
+        last = self.norm(x[torch.arange(B, device=tokens.device), (lengths - 1).clamp_min(0)])
+        return self.head(last)[:, 0].float()
