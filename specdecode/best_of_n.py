@@ -61,11 +61,11 @@ from torch import Tensor
 from specdecode.generate import Prompts, encode_prompts, logits_to_probs
 from specdecode.model import Transformer
 from specdecode.pruning import compact_kv_cache_, topk_prune
-from specdecode.rewards import LogLikelihoodReward, Reward, score
+from specdecode.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
 from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
 
 __all__ = ["best_of_n", "speculative_rejection", "BestOfNOutput", "CandidateBatch", "kv_bytes_per_token",
-           "max_candidates_for_budget"]
+           "max_candidates_for_budget", "LogLikelihoodReward", "RewardModel"]
 
 LIVE, FINISHED, PRUNED = 0, 1, 2
 
