@@ -320,32 +320,36 @@ def pearson(xs, ys) -> float:
 
 
 @torch.no_grad()
-def partial_vs_final_likelihood(num_responses: int, length: int, tau: int, temperature: float = 1.0,
+def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, tau: int, temperature: float = 1.0,
                                 seed: int = 0) -> dict:
-    """The seed's Figure 2 with the seed's likelihood reward (its Table 2): sample responses from
-    the shipped target, score each by its mean log-probability under the target, over the first
-    ``tau`` tokens (partial) and over all ``length`` tokens (final)."""
+    """The seed's Figure 2 with the seed's likelihood reward (its Table 2 setting): ``n`` sampled
+    responses per prompt from the target, each scored by its mean log-likelihood under the target
+    over the first ``tau`` tokens (partial) and over the whole response (final).
+
+    Runs ``speculative_rejection`` with ``alpha = 0`` and one decision point at ``tau``: nothing is
+    pruned, ``stats["rounds"][0]["rewards"]`` holds the partial rewards of the rows still live at
+    ``tau`` (candidate order) and ``candidate_rewards`` the final ones. Candidates that finished
+    (EOS) before ``tau`` have no partial reward and are left out."""
     from bench.bench_e2e import PROMPTS
-
-    import specdecode as sd
-    from specdecode.generate import encode_prompts
-
     from bench.seed_experiment import load_pair
+    from specdecode.best_of_n import speculative_rejection
+    from specdecode.rewards import LogLikelihoodReward
 
     target, _ = load_pair()
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_responses)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_prompts)]
     gen = torch.Generator().manual_seed(seed)
-    out = sd.generate(target, prompts, length, temperature=temperature, generator=gen, eos_id=None)
-    ids, lengths = encode_prompts(prompts)
+    out = speculative_rejection(target, LogLikelihoodReward(target), prompts, n, 0.0, length,
+                                decision_tokens=(tau,), temperature=temperature, generator=gen)
+    partial_per_prompt = out.stats["rounds"][0]["rewards"]
     partial, final = [], []
-    for i in range(num_responses):  # per row: prompts differ in length
-        prompt = ids[i, :lengths[i]]
-        seq = torch.cat([prompt, out.tokens[i, :out.num_tokens[i]]])[None]
-        logprobs = torch.log_softmax(target(seq)[0, :-1].float(), -1)
-        token_lp = logprobs.gather(-1, seq[0, 1:, None])[:, 0][len(prompt) - 1:]
-        partial.append(float(token_lp[:tau].mean()))
-        final.append(float(token_lp.mean()))
-    return {"partial": partial, "final": final, "corr": pearson(partial, final), "tau": tau, "length": length}
+    for g, rewards in enumerate(partial_per_prompt):
+        live = (out.candidate_num_tokens[g] > tau).nonzero().flatten().tolist()
+        if len(live) != len(rewards):
+            raise RuntimeError(f"prompt {g}: {len(rewards)} partial rewards for {len(live)} candidates live at tau")
+        partial += [float(r) for r in rewards]
+        final += [float(out.candidate_rewards[g, c]) for c in live]
+    return {"partial": partial, "final": final, "corr": pearson(partial, final), "tau": tau, "length": length,
+            "responses": len(partial), "prompts": num_prompts, "n": n}
 
 
 def section_spr(quick: bool) -> Section:
@@ -367,12 +371,14 @@ def section_spr(quick: bool) -> Section:
     if not weights_available():
         s.text("Partial vs final reward: shipped weights not found, skipped.")
         return s
-    num, length, tau = (64, 96, 24) if quick else (512, 256, 64)
-    print(f"partial vs final likelihood reward: {num} responses x {length} tokens, tau = {tau} ...", flush=True)
-    pf = partial_vs_final_likelihood(num, length, tau)
-    print(f"Pearson r(partial at tau={tau}, final) = {pf['corr']:.3f}", flush=True)
+    prompts, n, length, tau = (4, 16, 96, 24) if quick else (8, 128, 256, 64)
+    print(f"partial vs final likelihood reward: {prompts} prompts x {n} responses of up to {length} tokens, "
+          f"tau = {tau} ...", flush=True)
+    pf = partial_vs_final_likelihood(prompts, n, length, tau)
+    print(f"Pearson r(partial at tau={tau}, final) = {pf['corr']:.3f} over {pf['responses']} responses", flush=True)
     s.text(f"Partial vs final reward (reward = mean log-likelihood under the target, the seed's Table 2 setting; "
-           f"{num} sampled responses of {length} tokens, T = 1): **Pearson r = {pf['corr']:.3f}** at tau = {tau}.")
+           f"{prompts} prompts x {n} sampled responses of up to {length} tokens, T = 1, "
+           f"{pf['responses']} still unfinished at tau): **Pearson r = {pf['corr']:.3f}** at tau = {tau}.")
     s.image(plots.plot_partial_vs_final(pf["partial"], pf["final"], pf["corr"], tau,
                                         os.path.join(OUT_DIR, "spr_partial_vs_final.png")))
     return s
