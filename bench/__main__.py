@@ -363,10 +363,15 @@ def section_spr(quick: bool) -> Section:
     else:
         result, text = call_main(module, quick)
         s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
-        curves = _spr_curves(result, text)
-        if curves:
-            s.image(plots.plot_reward_vs_compute(curves, os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),
+        curves = spr_curves(result, text)
+        if curves["tokens"]:
+            s.image(plots.plot_reward_vs_compute(curves["tokens"], os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),
                                                  "tokens generated (all candidates)"))
+        if curves["seconds"]:
+            s.image(plots.plot_reward_vs_compute(curves["seconds"], os.path.join(OUT_DIR, "spr_reward_vs_seconds.png"),
+                                                 "wall time (s)"))
+        if not (curves["tokens"] or curves["seconds"]):
+            s.text("(No reward-vs-compute columns recognised in bench_best_of_n's output: no figure.)")
     from bench.seed_experiment import weights_available
     if not weights_available():
         s.text("Partial vs final reward: shipped weights not found, skipped.")
@@ -384,15 +389,60 @@ def section_spr(quick: bool) -> Section:
     return s
 
 
-def _spr_curves(result, text: str) -> dict:
-    """Reward-vs-tokens curves from the SpR bench: its returned rows if it returns a list of dicts
-    with ``method``, ``tokens`` and ``reward`` keys; otherwise none (its tables are still shown)."""
-    curves: dict = {}
-    if isinstance(result, list):
-        for row in result:
-            if isinstance(row, dict) and {"method", "tokens", "reward"} <= row.keys():
-                curves.setdefault(str(row["method"]), []).append((float(row["tokens"]), float(row["reward"])))
+def _number(cell: str) -> float | None:
+    """A float from a table cell such as ``1,234``, ``-0.52``, ``3.1x``, ``12.5 s`` or ``1.2k``."""
+    text = cell.strip().replace(",", "").replace("*", "")
+    for suffix, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        if text.endswith(suffix) and text[:-1].replace(".", "", 1).replace("-", "", 1).isdigit():
+            return float(text[:-1]) * scale
+    text = text.rstrip("xs ").strip()
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _find_column(header: list[str], *words: str, avoid: tuple[str, ...] = ()) -> int | None:
+    for i, name in enumerate(header):
+        low = name.lower()
+        if all(w in low for w in words) and not any(a in low for a in avoid):
+            return i
+    return None
+
+
+def spr_curves(result, text: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Reward-vs-compute curves from the SpR bench, for the plots: ``{"tokens": {label: [(x, reward)]},
+    "seconds": {...}}``. From its return value if that is a list of dicts with ``method``,
+    ``tokens``/``seconds`` and ``reward`` keys; otherwise from its printed markdown tables (a
+    ``reward`` column, a ``tokens`` and/or ``seconds``/``time`` column, and ``method``/``alpha``/``N``
+    columns for the labels)."""
+    curves: dict = {"tokens": {}, "seconds": {}}
+    if isinstance(result, list) and result and all(isinstance(r, dict) for r in result):
+        for r in result:
+            if "reward" in r and "method" in r:
+                for axis in ("tokens", "seconds"):
+                    if axis in r:
+                        curves[axis].setdefault(str(r["method"]), []).append((float(r[axis]), float(r["reward"])))
+        return curves
+    for header, rows in plots.parse_markdown_tables(text):
+        reward = _find_column(header, "reward", avoid=("partial", "/", "gap", "corr"))
+        tokens = _find_column(header, "token", avoid=("/", "per", "decision", "tau"))
+        seconds = _find_column(header, "second") or _find_column(header, "time", avoid=("/",))
+        method = _find_column(header, "method")
+        alpha = _find_column(header, "alpha") or _find_column(header, "α")
+        if reward is None or (tokens is None and seconds is None):
+            continue
+        for row in rows:
+            label = " ".join(x for x in ((row[method] if method is not None else ""),
+                                         (f"alpha={row[alpha]}" if alpha is not None and _number(row[alpha]) is not None
+                                          else "")) if x).strip() or "runs"
+            y = _number(row[reward]) if reward < len(row) else None
+            for axis, col in (("tokens", tokens), ("seconds", seconds)):
+                x = _number(row[col]) if col is not None and col < len(row) else None
+                if x is not None and y is not None and x > 0:
+                    curves[axis].setdefault(label, []).append((x, y))
     return curves
+
 
 # ----------------------------------------------------------------------------- runner
 

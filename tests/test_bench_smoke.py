@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
-from bench.__main__ import Section, as_markdown, parse_e2e_output, pearson, write_report
+from bench.__main__ import Section, as_markdown, parse_e2e_output, pearson, spr_curves, write_report
 
 
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
@@ -104,6 +104,16 @@ def test_parse_e2e_output_and_pearson():
     assert math.isclose(pearson([1, 2, 3], [2, 4, 6]), 1.0)
     assert math.isclose(pearson([1, 2, 3], [3, 2, 1]), -1.0)
     assert as_markdown("## greedy\n| a |") == "**greedy**\n\n| a |"
+
+
+def test_spr_curves_from_printed_tables_and_from_rows():
+    text = ("| method | N | alpha | tokens generated | seconds | mean reward |\n|---|---|---|---|---|---|\n"
+            "| Best-of-N | 4 | - | 1,024 | 0.5 | -1.20 |\n| SpR | 64 | 0.5 | 3,000 | 1.0 s | -1.05 |\n")
+    curves = spr_curves(None, text)
+    assert curves["tokens"] == {"Best-of-N": [(1024.0, -1.2)], "SpR alpha=0.5": [(3000.0, -1.05)]}
+    assert curves["seconds"]["SpR alpha=0.5"] == [(1.0, -1.05)]
+    rows = [{"method": "BoN", "tokens": 10, "reward": 1.0}]
+    assert spr_curves(rows, "")["tokens"] == {"BoN": [(10.0, 1.0)]}
 
 
 def test_tables_and_report(tmp_path, monkeypatch):
