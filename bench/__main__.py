@@ -341,14 +341,18 @@ def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, tau: int,
     out = speculative_rejection(target, LogLikelihoodReward(target), prompts, n, 0.0, length,
                                 decision_tokens=(tau,), temperature=temperature, generator=gen)
     partial_per_prompt = out.stats["rounds"][0]["rewards"]
-    partial, final = [], []
+    partial, final, group, within = [], [], [], []
     for g, rewards in enumerate(partial_per_prompt):
         live = (out.candidate_num_tokens[g] > tau).nonzero().flatten().tolist()
         if len(live) != len(rewards):
             raise RuntimeError(f"prompt {g}: {len(rewards)} partial rewards for {len(live)} candidates live at tau")
-        partial += [float(r) for r in rewards]
-        final += [float(out.candidate_rewards[g, c]) for c in live]
-    return {"partial": partial, "final": final, "corr": pearson(partial, final), "tau": tau, "length": length,
+        xs, ys = [float(r) for r in rewards], [float(out.candidate_rewards[g, c]) for c in live]
+        partial, final, group = partial + xs, final + ys, group + [g] * len(xs)
+        if len(xs) > 2:
+            within.append(pearson(xs, ys))
+    within = [r for r in within if not math.isnan(r)]
+    return {"partial": partial, "final": final, "group": group, "corr": pearson(partial, final),
+            "within_corr": sum(within) / len(within) if within else float("nan"), "tau": tau, "length": length,
             "responses": len(partial), "prompts": num_prompts, "n": n}
 
 
@@ -380,12 +384,15 @@ def section_spr(quick: bool) -> Section:
     print(f"partial vs final likelihood reward: {prompts} prompts x {n} responses of up to {length} tokens, "
           f"tau = {tau} ...", flush=True)
     pf = partial_vs_final_likelihood(prompts, n, length, tau)
-    print(f"Pearson r(partial at tau={tau}, final) = {pf['corr']:.3f} over {pf['responses']} responses", flush=True)
+    print(f"Pearson r(partial at tau={tau}, final): within a prompt {pf['within_corr']:.3f} (mean over prompts), "
+          f"pooled {pf['corr']:.3f}, over {pf['responses']} responses", flush=True)
     s.text(f"Partial vs final reward (reward = mean log-likelihood under the target, the seed's Table 2 setting; "
            f"{prompts} prompts x {n} sampled responses of up to {length} tokens, T = 1, "
-           f"{pf['responses']} still unfinished at tau): **Pearson r = {pf['corr']:.3f}** at tau = {tau}.")
-    s.image(plots.plot_partial_vs_final(pf["partial"], pf["final"], pf["corr"], tau,
-                                        os.path.join(OUT_DIR, "spr_partial_vs_final.png")))
+           f"{pf['responses']} still unfinished at tau = {tau}): **Pearson r = {pf['within_corr']:.3f} within a "
+           f"prompt** (mean over prompts; what pruning relies on, since it ranks candidates of one prompt), "
+           f"{pf['corr']:.3f} pooled over prompts.")
+    s.image(plots.plot_partial_vs_final(pf["partial"], pf["final"], pf["within_corr"], tau,
+                                        os.path.join(OUT_DIR, "spr_partial_vs_final.png"), groups=pf["group"]))
     return s
 
 

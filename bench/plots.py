@@ -176,16 +176,21 @@ def plot_reward_vs_compute(curves: dict[str, list[tuple[float, float]]], path: s
 
 
 def plot_partial_vs_final(partial: Sequence[float], final: Sequence[float], corr: float, tau: int,
-                          path: str) -> str | None:
-    """The seed's Figure 2: reward of the partial response at the decision token vs the final reward."""
+                          path: str, groups: Sequence[int] | None = None) -> str | None:
+    """The seed's Figure 2: reward of the partial response at the decision token vs the final
+    reward, one colour per prompt (``groups``); ``corr`` is printed in the title."""
     plt = _pyplot()
     if plt is None or not partial:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(partial, final, s=6, alpha=0.5)
+    groups = list(groups) if groups is not None else [0] * len(partial)
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        ax.scatter([partial[i] for i in idx], [final[i] for i in idx], s=6, alpha=0.6, color=f"C{g % 10}")
     ax.set_xlabel(f"partial reward at decision token tau = {tau}")
     ax.set_ylabel("final reward")
-    ax.set_title(f"Pearson r = {corr:.3f} ({len(partial)} responses)")
+    ax.set_title(f"Pearson r = {corr:.3f} within a prompt ({len(partial)} responses, {len(set(groups))} prompts)",
+                 fontsize=9)
     return _save(fig, path)
 
 
