@@ -88,7 +88,9 @@ at::Tensor topk_prune_mask_cpu(const at::Tensor& rewards_in, const at::Tensor& g
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rewards.scalar_type(), "topk_prune_mask_cpu", [&] {
     const scalar_t* values = rewards.data_ptr<scalar_t>();
     at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
-      std::vector<uint64_t> scratch;  // packed keys of one group, reused across this thread's groups
+      // Packed keys of one group. Kept per thread across calls (it only grows, to the largest
+      // group seen): a fresh buffer each call costs page faults that dwarf the selection itself.
+      thread_local std::vector<uint64_t> scratch;
       for (int64_t g = begin; g < end; ++g) {
         prune_group(values + starts[g], sizes[g], keeps[g], mask + starts[g], scratch);
       }
