@@ -23,7 +23,10 @@ step ``t`` by inverse CDF from a uniform ``U[c, t]``, with ``U = torch.rand(P*n,
 generator=generator)`` drawn once up front. A candidate's tokens therefore do not depend on which
 other rows share the batch, so under the same generator state Speculative Rejection generates,
 for every candidate it keeps, exactly the tokens Best-of-N generates for it: ``alpha=0`` returns
-Best-of-N's answer, and any ``alpha`` returns one of Best-of-N's candidates (tested).
+Best-of-N's answer, and any ``alpha`` returns one of Best-of-N's candidates (tested). (A row's
+logits can differ in the last bit with the batch around it -- CPU matmul blocking -- so rewards
+agree to float rounding, and a draw could differ only if its uniform fell within that rounding
+of a CDF step.)
 
 **Decision points** (Speculative Rejection), one of:
 
