@@ -91,7 +91,7 @@ def topk_prune(
         group_sizes: ``[P]`` ints (tensor or sequence), non-negative, summing to ``N``. Empty
             groups are fine.
         alpha: rejection rate in ``[0, 1]``: group ``g`` keeps ``max(1, ⌈(1−α)·n_g⌉)`` (0 if
-            empty). Rounding is exact: α is read as the decimal Python prints for it, so
+            empty). Rounding is exact: α is read as the decimal that prints for it, so
             ``α = 0.7, n = 10`` keeps 3 (float arithmetic would give ``ceil(3.0000000000000004)``
             = 4). ``α = 0`` keeps all, ``α = 1`` keeps one per non-empty group.
         num_keep: instead of ``alpha``, ``[P]`` ints in ``[0, n_g]``.

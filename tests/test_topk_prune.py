@@ -118,6 +118,14 @@ def test_alpha_rounding_is_exact_decimal():
         assert ref.num_keep_from_alpha(sizes, alpha) == expected, alpha
 
 
+def test_alpha_numpy_scalars_and_empty_batches():
+    np = pytest.importorskip("numpy")
+    assert ref.num_keep_from_alpha([10], np.float32(0.7)) == [3]  # binary value 0.699999988...
+    assert ref.num_keep_from_alpha([10], np.float64(0.7)) == [3]
+    result = sd.topk_prune(torch.empty(0), [], 0.5)
+    assert result.kept_indices.shape == (0,) and result.kept_group_sizes.shape == (0,)
+
+
 def test_alpha_extremes():
     sizes = [0, 1, 2, 10, 1000]
     assert ref.num_keep_from_alpha(sizes, 0.0) == [0, 1, 2, 10, 1000]  # keep all

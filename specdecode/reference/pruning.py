@@ -17,7 +17,7 @@ stay contiguous, and group ``g`` keeps exactly ``num_keep[g]`` rows.
 
 **Keep counts from a rejection rate α.** ``num_keep[g] = max(1, ⌈(1−α)·n_g⌉)`` for a non-empty
 group and 0 for an empty one, computed *exactly*: α is taken as the decimal number Python prints
-for it (``repr``), so ``α = 0.7`` means 7/10 and ``(1−0.7)·10`` is 3, not the float
+for it (``str``), so ``α = 0.7`` means 7/10 and ``(1−0.7)·10`` is 3, not the float
 ``3.0000000000000004`` (which a float ``ceil`` would turn into 4).
 
 **Compaction.** For ascending, distinct ``kept_indices`` (length ``N'``), row ``kept_indices[i]``
@@ -27,6 +27,7 @@ tensor narrowed to its first ``N'`` rows; those rows equal ``index_select`` of t
 from __future__ import annotations
 
 import functools
+from decimal import Decimal
 from fractions import Fraction
 from numbers import Real
 from typing import Sequence
@@ -69,10 +70,12 @@ def topk_prune_mask(rewards: torch.Tensor, group_sizes: Sequence[int] | torch.Te
 # the Fraction equal to it are equal keys, but not the same alpha here (1/10 vs its binary value).
 @functools.lru_cache(maxsize=64, typed=True)
 def exact_fraction(alpha: Real) -> Fraction:
-    """α as an exact rational: floats by their shortest decimal (repr), so 0.7 is 7/10."""
-    if isinstance(alpha, float):
-        return Fraction(repr(alpha))
-    return Fraction(alpha)  # int, Fraction, Decimal: already exact
+    """α as an exact rational: a float (Python's, or a numpy float16/32/64) by the shortest decimal
+    that prints for it, so 0.7 is 7/10 -- also for ``numpy.float32(0.7)``, whose binary value is
+    0.699999988..."""
+    if isinstance(alpha, (int, Fraction, Decimal)):
+        return Fraction(alpha)  # already exact
+    return Fraction(str(alpha))  # str of a float is its shortest round-trip decimal
 
 
 def num_keep_from_alpha(group_sizes: Sequence[int], alpha: Real) -> list[int]:
