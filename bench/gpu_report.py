@@ -250,7 +250,7 @@ def run(quick: bool = False, targets=None, name_filter: str | None = None, accep
         print(f"\n{op}" + ("  (well under 1 MB per call: launch latency, not bandwidth, bounds it)"
                            if op == "topk_prune" else ""))
         print_table(BYTES_HEADER, table)
-    return {"compile": rows, "compile_table": compile_rows, "bytes": tables}
+    return {"compile": rows, "compile_table": compile_rows, "bytes": tables, "acceptance": acceptance}
 
 
 def main(argv=None) -> None:
