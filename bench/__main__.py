@@ -391,6 +391,12 @@ def section_spr(quick: bool) -> Section:
         if curves["seconds"]:
             s.image(plots.plot_reward_vs_compute(curves["seconds"], os.path.join(OUT_DIR, "spr_reward_vs_seconds.png"),
                                                  "wall time (s)"))
+        for axis in ("tokens", "seconds"):
+            table = speedup_at_equal_reward(curves[axis])
+            if table:
+                s.table(["run", axis, "reward", f"Best-of-N {axis} for that reward", "speedup at equal reward"], table,
+                        f"**Speedup at equal reward ({axis}; Best-of-N interpolated log-linearly in {axis})**")
+                print_table(["run", axis, "reward", f"Best-of-N {axis}", "speedup"], table)
         if not (curves["tokens"] or curves["seconds"]):
             s.text("(No reward-vs-compute columns recognised in bench_best_of_n's output: no figure.)")
     from bench.seed_experiment import weights_available
@@ -466,6 +472,37 @@ def spr_curves(result, text: str) -> dict[str, dict[str, list[tuple[float, float
                 if x is not None and y is not None and x > 0:
                     curves[axis].setdefault(label, []).append((x, y))
     return curves
+
+
+def speedup_at_equal_reward(curves: dict[str, list[tuple[float, float]]]) -> list[list]:
+    """For every non-Best-of-N point (compute x, reward y): the compute Best-of-N needs to reach
+    reward y, interpolated log-linearly in compute along its curve (rewards made monotone by a
+    running max), and the ratio. Points beyond Best-of-N's range get a bound (">" or "<")."""
+    bon_label = next((k for k in curves if k.lower().replace(" ", "").startswith("best-of")), None)
+    if bon_label is None:
+        return []
+    bon = sorted(curves[bon_label])
+    xs, ys, best = [], [], -math.inf
+    for x, y in bon:
+        best = max(best, y)
+        xs.append(x)
+        ys.append(best)
+    rows = []
+    for label, points in curves.items():
+        if label == bon_label:
+            continue
+        for x, y in sorted(points):
+            if y > ys[-1]:
+                rows.append([label, f"{x:.4g}", f"{y:.4g}", f"> {xs[-1]:.4g}", f"> {xs[-1] / x:.2f}x"])
+                continue
+            if y <= ys[0]:
+                rows.append([label, f"{x:.4g}", f"{y:.4g}", f"<= {xs[0]:.4g}", f"<= {xs[0] / x:.2f}x"])
+                continue
+            i = next(j for j in range(1, len(ys)) if ys[j] >= y)
+            frac = (y - ys[i - 1]) / (ys[i] - ys[i - 1]) if ys[i] > ys[i - 1] else 1.0
+            needed = math.exp(math.log(xs[i - 1]) + frac * (math.log(xs[i]) - math.log(xs[i - 1])))
+            rows.append([label, f"{x:.4g}", f"{y:.4g}", f"{needed:.4g}", f"{needed / x:.2f}x"])
+    return rows
 
 
 # ----------------------------------------------------------------------------- runner

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
-from bench.__main__ import Section, as_markdown, parse_e2e_output, pearson, spr_curves, write_report
+from bench.__main__ import Section, as_markdown, parse_e2e_output, pearson, speedup_at_equal_reward, spr_curves, write_report
 
 
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
@@ -114,6 +114,14 @@ def test_spr_curves_from_printed_tables_and_from_rows():
     assert curves["seconds"]["SpR alpha=0.5"] == [(1.0, -1.05)]
     rows = [{"method": "BoN", "tokens": 10, "reward": 1.0}]
     assert spr_curves(rows, "")["tokens"] == {"BoN": [(10.0, 1.0)]}
+
+
+def test_speedup_at_equal_reward_interpolates_best_of_n():
+    curves = {"Best-of-N": [(100.0, 1.0), (400.0, 2.0)], "SpR a=0.5": [(50.0, 1.5), (10.0, 3.0), (10.0, 0.5)]}
+    rows = {(r[1], r[2]): r for r in speedup_at_equal_reward(curves)}
+    assert rows[("50", "1.5")][3:] == ["200", "4.00x"]  # halfway in log: sqrt(100 * 400)
+    assert rows[("10", "3")][4] == "> 40.00x" and rows[("10", "0.5")][4] == "<= 10.00x"
+    assert speedup_at_equal_reward({"SpR": [(1.0, 1.0)]}) == []
 
 
 def test_tables_and_report(tmp_path, monkeypatch):
