@@ -403,7 +403,7 @@ def section_spr(quick: bool) -> Section:
     if not weights_available():
         s.text("Partial vs final reward: shipped weights not found, skipped.")
         return s
-    prompts, n, length, tau = (4, 16, 96, 24) if quick else (8, 128, 256, 64)
+    prompts, n, length, tau = (4, 16, 96, 24) if quick else (8, 64, 256, 64)
     print(f"partial vs final likelihood reward: {prompts} prompts x {n} responses of up to {length} tokens, "
           f"tau = {tau} ...", flush=True)
     pf = partial_vs_final_likelihood(prompts, n, length, tau)
