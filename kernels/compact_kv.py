@@ -10,10 +10,13 @@ which no earlier step wrote (they wrote rows ``< i``), and writes row ``i``, who
 the step ``j <= i`` with ``kept[j] == i`` already read. The kernel parallelises across
 *columns*, not rows: each program owns one tile of element positions inside a row (the same
 positions in every row) and runs the whole ascending pass over ``i`` on that tile. Programs never
-touch the same address, so they need no ordering between them; inside a program the loads and
-stores of a tile come in program order, and hoisting a later iteration's load above an earlier
-store (software pipelining) is still safe because iteration ``t`` reads row ``kept[t]``, which
-is written only at iteration ``kept[t] >= t``, never before. Each surviving row is read and
+touch the same address, so they need no ordering between them. Inside a program, loads may run
+ahead of earlier stores: iteration ``t`` reads row ``kept[t]``, written only at iteration
+``kept[t] >= t``, never before -- so a program moves four rows per step, loading all four before
+storing any (more bytes in flight), and hoisting loads further (software pipelining) stays safe.
+A row both read and written within one step is read first; if the compiler hands a tile from
+the loading threads to other storing threads, that goes through shared memory and a barrier,
+which orders the load before the store just the same. Each surviving row is read and
 written once; rows already in place (``kept[i] == i``) are not touched; rows ``>= N'`` are never
 written.
 
@@ -35,6 +38,18 @@ from ._aot import AotCase
 
 
 @triton.jit
+def _source_row(kept_ptr, row, num_kept, num_rows, lanes, lanes_in_run):
+    """Where destination ``row`` reads from, and which lanes of the tile move. Nothing moves for
+    rows past N', rows already in place, or (unvalidated) sources outside [0, num_rows): the
+    kernel never touches memory outside the tensor. The mask is an integer limit, not a scalar
+    and-ed into it (the interpreter rejects masks broadcast from a scalar)."""
+    in_range = row < num_kept
+    source = tl.load(kept_ptr + row, mask=in_range, other=0)
+    moves = in_range & (source != row) & (source >= 0) & (source < num_rows)
+    return source, lanes < tl.where(moves, lanes_in_run, 0)
+
+
+@triton.jit
 def _compact_rows_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
                          mid, outer_stride, mid_stride, inner, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -45,16 +60,24 @@ def _compact_rows_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
     columns = segment_offset + tile.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     lanes_in_run = inner - tile * BLOCK  # lanes below this are inside the run
     lanes = tl.arange(0, BLOCK)
-    for i in range(0, num_kept):
-        row = tl.to_tensor(i).to(tl.int64)  # a plain int under the interpreter
-        source = tl.load(kept_ptr + row)
-        # Skip rows already in place, and never touch a row outside [0, num_rows) -- even for
-        # unvalidated indices (an integer limit, not a scalar and-ed into the mask: the
-        # interpreter rejects masks broadcast from a scalar).
-        moves = (source != row) & (source >= 0) & (source < num_rows)
-        active = lanes < tl.where(moves, lanes_in_run, 0)
-        values = tl.load(data_ptr + source * batch_stride + columns, mask=active)
-        tl.store(data_ptr + row * batch_stride + columns, values, mask=active)
+    # Four destinations per step, all four loads before the four stores, for four tiles in
+    # flight per program. Safe: the step's loads read rows kept[i..i+3] >= i, which earlier
+    # steps (rows < i) never wrote; a row the step both reads and writes (kept[i] = i + 1, say)
+    # is read first; and later steps read rows >= i + 4, which this step does not write.
+    for first in range(0, num_kept, 4):
+        row = tl.to_tensor(first).to(tl.int64)  # a plain int under the interpreter
+        source0, active0 = _source_row(kept_ptr, row, num_kept, num_rows, lanes, lanes_in_run)
+        source1, active1 = _source_row(kept_ptr, row + 1, num_kept, num_rows, lanes, lanes_in_run)
+        source2, active2 = _source_row(kept_ptr, row + 2, num_kept, num_rows, lanes, lanes_in_run)
+        source3, active3 = _source_row(kept_ptr, row + 3, num_kept, num_rows, lanes, lanes_in_run)
+        values0 = tl.load(data_ptr + source0 * batch_stride + columns, mask=active0)
+        values1 = tl.load(data_ptr + source1 * batch_stride + columns, mask=active1)
+        values2 = tl.load(data_ptr + source2 * batch_stride + columns, mask=active2)
+        values3 = tl.load(data_ptr + source3 * batch_stride + columns, mask=active3)
+        tl.store(data_ptr + row * batch_stride + columns, values0, mask=active0)
+        tl.store(data_ptr + (row + 1) * batch_stride + columns, values1, mask=active1)
+        tl.store(data_ptr + (row + 2) * batch_stride + columns, values2, mask=active2)
+        tl.store(data_ptr + (row + 3) * batch_stride + columns, values3, mask=active3)
 
 
 def _interpreting() -> bool:
@@ -63,11 +86,11 @@ def _interpreting() -> bool:
 
 NUM_WARPS = 4
 _WORD_DTYPES = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_TILE_BYTES = 8192  # per program and iteration: 64 bytes per lane at 4 warps, four 16-byte moves
+_TILE_BYTES = 4096  # per program and row: 32 bytes per lane at 4 warps; four rows in flight
 
 
 def block_size(inner_words: int, word_bytes: int, interpreting: bool | None = None) -> int:
-    """Tile width in words: 8 KiB on GPU (the interpreter pays per tile: 256 KiB), never much
+    """Tile width in words: 4 KiB on GPU (the interpreter pays per tile: 128 KiB), never much
     wider than the contiguous run."""
     interpreting = _interpreting() if interpreting is None else interpreting
     cap = (_TILE_BYTES * (32 if interpreting else 1)) // word_bytes
