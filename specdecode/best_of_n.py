@@ -56,7 +56,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -241,7 +241,7 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
 
 def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_new_tokens: int,
               temperature: float = 1.0, generator: torch.Generator | None = None, eos_id: int | None = EOS_ID,
-              reward_batch_size: int | None = 256) -> BestOfNOutput:
+              reward_batch_size: int | None = 256, progress: Callable[[int, int], None] | None = None) -> BestOfNOutput:
     """Best-of-N for many prompts at once: ``n`` candidates per prompt decoded to the end (EOS or
     ``max_new_tokens``) in one dense batch, each scored by ``reward``; the best per prompt wins.
 
@@ -261,6 +261,8 @@ def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_
         generator: drives the one up-front draw of the per-candidate uniforms.
         eos_id: a candidate finishes after emitting it (``None``: only at ``max_new_tokens``).
         reward_batch_size: rows per reward call (``None``: all at once).
+        progress: called after every decoding step with ``(tokens generated per live row, live rows)``
+            (for progress bars; the run ends at ``max_new_tokens`` or when no row is live).
 
     Returns:
         ``BestOfNOutput``; ``stats`` has ``tokens_generated`` (all candidates), ``forwards``,
@@ -269,14 +271,15 @@ def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_
         ``peak_kv_bytes`` (largest live KV), ``kv_bytes_per_token``, ``rounds`` (empty here).
     """
     return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
-                alpha=None, decision_tokens=None, memory_budget=None)
+                progress, alpha=None, decision_tokens=None, memory_budget=None)
 
 
 def speculative_rejection(model: Transformer, reward: Reward, prompts: Prompts, n: int, alpha: Real,
                           max_new_tokens: int, *, decision_tokens: Sequence[int] | None = None,
                           memory_budget: int | None = None, temperature: float = 1.0,
                           generator: torch.Generator | None = None, eos_id: int | None = EOS_ID,
-                          reward_batch_size: int | None = 256) -> BestOfNOutput:
+                          reward_batch_size: int | None = 256,
+                          progress: Callable[[int, int], None] | None = None) -> BestOfNOutput:
     """Speculative Rejection (fast Best-of-N) for many prompts at once.
 
     Starts like ``best_of_n`` (``n`` candidates per prompt, prompt prefilled once); at each
@@ -305,7 +308,7 @@ def speculative_rejection(model: Transformer, reward: Reward, prompts: Prompts, 
     if (decision_tokens is None) == (memory_budget is None):
         raise ValueError("give exactly one of decision_tokens (a schedule of tokens per row) and memory_budget (bytes)")
     return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
-                alpha=alpha, decision_tokens=decision_tokens, memory_budget=memory_budget)
+                progress, alpha=alpha, decision_tokens=decision_tokens, memory_budget=memory_budget)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +354,7 @@ def _check_args(model, reward, n, max_new_tokens, temperature, generator, reward
 
 
 @torch.no_grad()
-def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size, *,
+def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size, progress, *,
          alpha, decision_tokens, memory_budget) -> BestOfNOutput:
     taus = _check_args(model, reward, n, max_new_tokens, temperature, generator, reward_batch_size,
                        decision_tokens, memory_budget)
@@ -394,6 +397,8 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
         finished = batch.sample()
         if bool(finished.any()):
             batch.retire(finished)
+        if progress is not None:
+            progress(batch.step, batch.size)
         if batch.size == 0:
             break
         live_kv = batch.live_kv_tokens()

@@ -1,0 +1,168 @@
+"""Speculative Rejection vs Best-of-N on the shipped target: reward reached vs compute.
+
+    python -m bench.bench_best_of_n             # N = 4..128, alpha = 0.3, 0.5, 0.7, 0.9, 8 prompts
+    python -m bench.bench_best_of_n --quick     # N = 4, 16, 64, alpha = 0.5, 0.9, 4 prompts, fewer tokens
+    python -m bench.bench_best_of_n --reward rm # the stand-in reward model instead of the likelihood
+
+All prompts of a run share one batch. The reward is the target's mean log-likelihood of the
+response (the paper's Table 2 setting: higher reward = lower perplexity), or ``--reward rm``:
+a reward model whose trunk is the target's and whose head is random (a stand-in, see
+``specdecode.rewards.RewardModel``). Speculative Rejection decides by memory, as the paper
+does: its budget is the KV of its N candidates holding the prompt plus ``max_new_tokens / 8``
+tokens, so it prunes early, and again whenever the survivors' KV outgrows the budget.
+
+Both methods run on the same engine with per-candidate randomness from the same seed, so every
+candidate Speculative Rejection finishes is exactly the one Best-of-N generates: the reward gap
+is the price of pruning alone, not sampling noise. Compute is counted as tokens generated (all
+candidates, pruned ones included) and wall time. On this CPU, a decode step's time grows more
+slowly than the batch (per-step overheads), so the time saving is smaller than the token saving;
+on a GPU the paper's regime is memory-bound large batches.
+
+Columns: reward (mean over prompts of the best response's reward), ppl (mean exp(-reward),
+likelihood reward only), tokens, time, forwards (decode steps + prefill), rounds (decision
+points), peak KV (largest live KV of the run), and for Speculative Rejection ``BoN-equiv``: the
+smallest Best-of-N N in the table whose reward is at least as high, with the token ratio
+``BoN tokens / SpecRej tokens`` (> 1: Speculative Rejection reached that reward cheaper).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+import specdecode as sd
+from specdecode.best_of_n import kv_bytes_per_token
+
+PROMPTS = [
+    "import os\nimport sys\n\n\ndef main():\n",
+    "class Queue:\n    def __init__(self, maxsize=0):\n",
+    "    def __repr__(self):\n        return ",
+    "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
+    "    for i in range(len(",
+    "\"\"\"Utilities for working with ",
+    "        except KeyError:\n",
+    "from collections import namedtuple\n\n",
+]
+
+
+def memory_budget_for(model, prompts, n: int, tokens_per_row: int) -> int:
+    """KV bytes of ``n`` candidates per prompt holding the prompt plus ``tokens_per_row`` tokens."""
+    prompt_tokens = sum(len(p.encode()) + 1 for p in prompts)  # + BOS
+    return kv_bytes_per_token(model) * n * (prompt_tokens + len(prompts) * tokens_per_row)
+
+
+def make_reward(kind: str, target):
+    if kind == "loglik":
+        return sd.LogLikelihoodReward(target)
+    if kind == "rm":
+        return sd.RewardModel.from_language_model(target)
+    raise ValueError(f"unknown reward {kind!r}: loglik or rm")
+
+
+def run(ns=(4, 8, 16, 32, 64, 128), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PROMPTS, max_new_tokens: int = 64,
+        reward: str = "loglik", seed: int = 0, budget_fraction: float = 1 / 8, weights_dir: str | None = None,
+        decision_tokens=None, log=print) -> list[dict]:
+    """One Best-of-N row per N and one Speculative Rejection row per (N, alpha): a list of dicts
+    with ``method``, ``N``, ``alpha``, ``reward``, ``ppl``, ``tokens``, ``seconds``, ``forwards``,
+    ``model_tokens``, ``rounds``, ``live_after_rounds``, ``peak_kv_bytes``, ``memory_budget``.
+    Speculative Rejection decides by a memory budget (``budget_fraction`` of the new tokens on
+    top of the prompts, for its N candidates), or at ``decision_tokens`` if given."""
+    target, _ = sd.load_pretrained(weights_dir=weights_dir)
+    scorer = make_reward(reward, target)
+    rows = []
+    for n in ns:
+        budget = memory_budget_for(target, prompts, n, max(1, int(max_new_tokens * budget_fraction)))
+        configs = [("Best-of-N", None)] + [(f"SpecRej a={alpha}", alpha) for alpha in alphas]
+        for method, alpha in configs:
+            log(f"  N = {n:4d}  {method:<14} ...", end="", flush=True)
+            common = dict(max_new_tokens=max_new_tokens, generator=torch.Generator().manual_seed(seed))
+            if alpha is None:
+                out = sd.best_of_n(target, scorer, prompts, n, **common)
+            else:
+                when = {"decision_tokens": decision_tokens} if decision_tokens else {"memory_budget": budget}
+                out = sd.speculative_rejection(target, scorer, prompts, n, alpha, **when, **common)
+            s = out.stats
+            rows.append({
+                "method": method, "N": n, "alpha": alpha, "reward": float(out.rewards.mean()),
+                "ppl": float(torch.exp(-out.rewards).mean()) if reward == "loglik" else math.nan,
+                "tokens": s["tokens_generated"], "seconds": s["seconds"], "forwards": s["forwards"],
+                "model_tokens": s["model_tokens"], "rounds": len(s["rounds"]),
+                "live_after_rounds": [sum(r["kept_per_prompt"]) for r in s["rounds"]],
+                "peak_kv_bytes": s["peak_kv_bytes"],
+                "memory_budget": budget if alpha is not None and not decision_tokens else None})
+            log(f" reward {rows[-1]['reward']:.4f}, {rows[-1]['tokens']} tokens, {s['seconds']:.1f} s", flush=True)
+    _add_bon_equivalents(rows)
+    return rows
+
+
+def _add_bon_equivalents(rows: list[dict]) -> None:
+    """For every Speculative Rejection row: the smallest Best-of-N N reaching its reward, and the
+    token ratio (that Best-of-N's tokens / its tokens)."""
+    bon = sorted((r for r in rows if r["alpha"] is None), key=lambda r: r["N"])
+    for row in rows:
+        if row["alpha"] is None:
+            continue
+        match = next((b for b in bon if b["reward"] >= row["reward"] - 1e-6), None)
+        row["bon_equiv_N"] = match["N"] if match else None
+        row["bon_equiv_token_ratio"] = match["tokens"] / row["tokens"] if match else None
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB | BoN-equiv (token ratio) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        equiv = ""
+        if r["alpha"] is not None:
+            equiv = (f"N={r['bon_equiv_N']} ({r['bon_equiv_token_ratio']:.2f}x)" if r.get("bon_equiv_N")
+                     else "> largest BoN")
+        live = " -> ".join(str(x) for x in r["live_after_rounds"])
+        lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {r['ppl']:.1f} | {r['tokens']} | "
+                     f"{r['seconds']:.2f} | {r['forwards']} | {r['rounds']}{f' ({live})' if live else ''} | "
+                     f"{r['peak_kv_bytes'] / 2 ** 20:.1f} | {equiv} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 4, 16, 64; alpha = 0.5, 0.9; 4 prompts; 32 tokens")
+    parser.add_argument("--ns", type=int, nargs="+", help="candidates per prompt")
+    parser.add_argument("--alphas", type=float, nargs="+", help="rejection rates")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--num-prompts", type=int)
+    parser.add_argument("--reward", choices=["loglik", "rm"], default="loglik")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decision-tokens", type=int, nargs="+",
+                        help="decide at these tokens per row instead of by memory")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--weights-dir", help="a pair trained with python -m specdecode.train --out DIR")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ns = args.ns or ([4, 16, 64] if args.quick else [4, 8, 16, 32, 64, 128])
+    alphas = args.alphas or ([0.5, 0.9] if args.quick else [0.3, 0.5, 0.7, 0.9])
+    max_new = args.max_new_tokens or (32 if args.quick else 64)
+    prompts = PROMPTS[:args.num_prompts or (4 if args.quick else 8)]
+    from specdecode.generate import WEIGHTS_DIR
+
+    weights_dir = args.weights_dir or WEIGHTS_DIR
+    if not all(os.path.exists(os.path.join(weights_dir, f"{m}.pt")) for m in ("target", "draft")):
+        print(f"weights not found in {weights_dir}: train them with python -m specdecode.train")
+        return []
+    print(f"Speculative Rejection vs Best-of-N: {len(prompts)} prompts in one batch, up to {max_new} new tokens, "
+          f"T = 1, reward = {args.reward}, seed {args.seed}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    start = time.perf_counter()
+    rows = run(ns, alphas, prompts, max_new, args.reward, args.seed, weights_dir=args.weights_dir,
+               decision_tokens=args.decision_tokens)
+    rule = (f"at tokens {args.decision_tokens}" if args.decision_tokens else
+            f"by memory: the KV of its N candidates at prompt + {max(1, max_new // 8)} tokens")
+    print(f"\n{format_table(rows)}\n\n(total {time.perf_counter() - start:.0f} s; SpecRej decides {rule})")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
