@@ -52,6 +52,19 @@ def test_kernels_equal_reference_on_random_groups(kernel, dtype, value_range, na
             assert torch.equal(per_group.long(), num_keep)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("alpha", [0.0, 0.999, 1.0])
+def test_kernels_at_alpha_extremes(kernel, alpha):
+    # alpha = 0 keeps every candidate, alpha near 1 keeps exactly one per non-empty group.
+    generator = torch.Generator().manual_seed(21)
+    rewards, group_sizes, _ = random_case(generator, 6, 12, torch.float32, value_range=2, nan_fraction=0.2)
+    num_keep = torch.tensor(ref.num_keep_from_alpha(group_sizes.tolist(), alpha))
+    expected = group_sizes if alpha == 0 else (group_sizes > 0).long()
+    assert torch.equal(num_keep, expected)
+    got = KERNELS[kernel](rewards, group_sizes, num_keep)
+    assert torch.equal(got, ref.topk_prune_mask(rewards, group_sizes, num_keep))
+
+
 @pytest.mark.parametrize("value_range,nan_fraction", [(None, 0.0), (2, 0.3)], ids=["distinct", "ties+nan"])
 def test_triton_groups_spanning_many_tiles(value_range, nan_fraction):
     # A tiny tile: the radix-select counts and the tie prefix count are carried across tiles.
