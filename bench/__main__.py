@@ -382,7 +382,10 @@ def section_spr(quick: bool) -> Section:
     if module is None:
         s.text("bench/bench_best_of_n.py is not in the tree yet: the reward-vs-compute comparison is missing.")
     else:
-        result, text = call_main(module, quick)
+        from bench import seed_experiment
+        argv = (["--quick"] if quick else []) + (["--weights-dir", seed_experiment.WEIGHTS_DIR]
+                                                 if seed_experiment.WEIGHTS_DIR else [])
+        result, text = capture(module.main, argv)
         s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
         curves = spr_curves(result, text)
         if curves["tokens"]:

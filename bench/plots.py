@@ -81,6 +81,17 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _plain_log_labels(axis) -> None:
+    """Log-axis labels as plain numbers on the major ticks only (minor labels overlap)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_seed_bars(pairs: list[dict], path: str, top: int = 30) -> str | None:
     """Seed 2's figure: per (p, q) pair, bars of target q (blue), draft p (green) and the
     empirical frequency of the speculative samples (orange) over the ``top`` tokens by max(p, q)."""
@@ -133,6 +144,7 @@ def plot_e2e_throughput(rows: list[dict], path: str) -> str | None:
     ax.set_xlabel("draft tokens K")
     ax.set_ylabel("tokens/s (dashed: plain decoding)")
     ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
     ax.legend(fontsize=7)
     ax2.axhline(1.0, color="gray", lw=0.8)
     ax2.set_xlabel("draft tokens K")
@@ -169,6 +181,7 @@ def plot_reward_vs_compute(curves: dict[str, list[tuple[float, float]]], path: s
         style = "s--" if label.lower().startswith("best-of") else "o-"
         ax.plot([x for x, _ in points], [y for _, y in points], style, label=label)
     ax.set_xscale("log")
+    _plain_log_labels(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("reward of the returned response (mean over prompts)")
     ax.legend(fontsize=7)
