@@ -75,7 +75,7 @@ def _compile_worker(targets: list[str], name_filter: str | None) -> list[dict]:
                 rows.append(dict(name=case.name, target=target, ok=True, registers=result.registers,
                                  spills=result.spills, shared=result.shared_bytes, num_warps=case.num_warps,
                                  widest_load=widest_load_bytes(asm, backend),
-                                 load_widths=load_widths(asm, backend)))
+                                 load_widths=load_widths(asm, backend), bytes_moved=case.bytes_moved))
             except Exception as exc:  # report every failure, not only the first
                 rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[-600:]))
     return rows
@@ -96,18 +96,23 @@ def compile_all(targets=ALL_TARGETS, name_filter: str | None = None, timeout: fl
 
 
 def compile_table(rows: list[dict]) -> list[list]:
+    """One row per (case, target); a last column with the case's own ``bytes_moved`` (and its
+    H100 floor) when the kernel module declares it."""
     table = []
     for r in rows:
         if not r["ok"]:
-            table.append([r["name"], r["target"], "FAILED", "", "", "", r["error"][:80]])
+            table.append([r["name"], r["target"], "FAILED", "", "", "", r["error"][:80], ""])
             continue
         vec = "yes" if r["widest_load"] >= 16 else "no"
         widths = ",".join(str(w) for w in r["load_widths"]) or "-"
-        table.append([r["name"], r["target"], r["registers"], r["spills"], r["shared"], widths, vec])
+        moved = r.get("bytes_moved")
+        floor = f"{moved / 1e6:.3f} MB, {moved / H100_BYTES_PER_S * 1e6:.2f} us" if moved else "-"
+        table.append([r["name"], r["target"], r["registers"], r["spills"], r["shared"], widths, vec, floor])
     return table
 
 
-COMPILE_HEADER = ["kernel [case]", "target", "registers", "spilled", "shared B", "load widths B", "16-B loads"]
+COMPILE_HEADER = ["kernel [case]", "target", "registers", "spilled", "shared B", "load widths B", "16-B loads",
+                  "declared bytes/launch, H100 floor"]
 
 # ----------------------------------------------------------------------------- part 2: bytes model
 
