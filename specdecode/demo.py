@@ -207,5 +207,14 @@ def main(quick: bool = False, weights_dir: str | None = None) -> None:
     if pair is None:
         return
     target, draft = pair
-    decoding_demo(target, draft, quick)
-    best_of_n_demo(target, quick)
+    # Sections 3-4 run on one thread: these models are small enough that a second thread mostly
+    # adds synchronisation, and on a shared machine OpenMP threads spinning against other
+    # processes slowed batch-1 decoding ~40x in our runs (190 -> 5 tokens/s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        print("(sections 3-4 on 1 CPU thread)\n")
+        decoding_demo(target, draft, quick)
+        best_of_n_demo(target, quick)
+    finally:
+        torch.set_num_threads(threads)
