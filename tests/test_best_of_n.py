@@ -380,3 +380,21 @@ def test_output_texts_and_status():
     assert ((out.pruned_at_round >= 0) == ~out.finished).all()
     assert (out.num_tokens >= 1).all() and (out.num_tokens <= 10).all()
     assert FINISHED == 1
+
+
+def test_reward_receives_prompt_lengths_if_it_asks_and_progress_is_reported():
+    model = tiny()
+    seen, steps = [], []
+
+    def reward(tokens, lengths, prompt_lengths):
+        seen.append((lengths.clone(), prompt_lengths.clone()))
+        return -lengths.float()
+
+    out = speculative_rejection(model, reward, PROMPTS, 3, 0.5, 6, decision_tokens=[2], eos_id=None,
+                                generator=gen(), progress=lambda step, live: steps.append((step, live)))
+    plens = encode_prompts(PROMPTS)[1]
+    lengths, prompt_lengths = seen[0]  # the decision point: every row has 2 new tokens
+    assert prompt_lengths.tolist() == plens.repeat_interleave(3).tolist()
+    assert (lengths - prompt_lengths).tolist() == [2] * 9
+    assert steps == [(1, 9), (2, 9), (3, 6), (4, 6), (5, 6), (6, 0)]  # 2 of 3 kept per prompt, then all finish
+    assert out.stats["reward_calls"] == 2  # the decision point and the final scoring
