@@ -137,11 +137,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decision-tokens", type=int, nargs="+",
                         help="decide at these tokens per row instead of by memory")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine OpenMP threads spinning against "
+                             "other processes made a 2-thread run 13x slower than a 1-thread one)")
     parser.add_argument("--weights-dir", help="a pair trained with python -m specdecode.train --out DIR")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     ns = args.ns or ([4, 16, 64] if args.quick else [4, 8, 16, 32, 64, 128])
     alphas = args.alphas or ([0.5, 0.9] if args.quick else [0.3, 0.5, 0.7, 0.9])
     max_new = args.max_new_tokens or (32 if args.quick else 64)

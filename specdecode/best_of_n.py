@@ -37,8 +37,10 @@ of a CDF step.)
   over ``memory_budget`` -- the paper decides by memory (decode until it is about to run out).
   This counts the KV the live rows need (what a paged cache would hold); the static cache
   here is preallocated for the initial batch. The initial batch must fit. One pruning round per
-  decision; if the survivors still do not fit, the next step is a decision point again (so with
-  ``alpha=0``, which prunes nothing, every step over the budget is one -- use a schedule there).
+  decision; if the survivors still do not fit, the next step is a decision point again. When a
+  round would drop nobody (``alpha = 0``, or ``ceil((1 - alpha) * m) = m`` for every prompt's
+  ``m`` live rows, e.g. one survivor left), the rows are not scored and decode on over the
+  budget (counted in ``stats["over_budget_steps"]``) -- a real cache would run out of memory.
 
 **alpha** is the rejection rate in ``[0, 1]``: at each decision point, prompt ``g`` with ``m_g``
 unfinished live rows keeps ``max(1, ceil((1 - alpha) * m_g))`` of them (exact decimal rounding,
@@ -63,7 +65,7 @@ from torch import Tensor
 
 from specdecode.generate import Prompts, encode_prompts, logits_to_probs
 from specdecode.model import Transformer
-from specdecode.pruning import compact_kv_cache_, topk_prune
+from specdecode.pruning import compact_kv_cache_, num_keep_from_alpha, topk_prune
 from specdecode.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
 from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
 
@@ -268,7 +270,8 @@ def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_
         ``BestOfNOutput``; ``stats`` has ``tokens_generated`` (all candidates), ``forwards``,
         ``model_tokens`` (tokens through the model: prefill + decode), ``prefill_tokens``,
         ``reward_calls``, ``reward_rows``, ``seconds`` (with ``reward_seconds``), ``tokens_per_second``,
-        ``peak_kv_bytes`` (largest live KV), ``kv_bytes_per_token``, ``rounds`` (empty here).
+        ``peak_kv_bytes`` (largest live KV), ``kv_bytes_per_token``, ``over_budget_steps``,
+        ``rounds`` (empty here).
     """
     return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
                 progress, alpha=None, decision_tokens=None, memory_budget=None)
@@ -392,7 +395,7 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
     batch.prefill()
     rounds: list[dict] = []
     peak_kv = batch.live_kv_tokens()
-    next_tau = 0
+    next_tau = over_budget_steps = 0
     while True:
         finished = batch.sample()
         if bool(finished.any()):
@@ -402,11 +405,12 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
         if batch.size == 0:
             break
         live_kv = batch.live_kv_tokens()
-        decide = alpha is not None and (
-            (next_tau < len(taus) and batch.step == taus[next_tau])
-            or (memory_budget is not None and live_kv * bytes_per_token > memory_budget))
-        if decide:
-            next_tau += 1
+        scheduled = next_tau < len(taus) and batch.step == taus[next_tau]
+        over_budget = memory_budget is not None and live_kv * bytes_per_token > memory_budget
+        if over_budget and not _can_prune(batch, alpha):
+            over_budget_steps += 1  # nothing to prune at this alpha: decode on over the budget
+        elif alpha is not None and (scheduled or over_budget):
+            next_tau += int(scheduled)
             rounds.append(_prune_round(batch, alpha, len(rounds), rewards_of, live_kv * bytes_per_token))
             live_kv = batch.live_kv_tokens()
         peak_kv = max(peak_kv, live_kv)
@@ -416,8 +420,15 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
     out.stats = {**batch.counts, "prefill_forwards": 1, "prefill_tokens": ids.numel(), "candidates": P * n,
                  **timers, "seconds": seconds, "tokens_per_second": batch.counts["tokens_generated"] / seconds,
                  "kv_bytes_per_token": bytes_per_token, "peak_kv_bytes": peak_kv * bytes_per_token,
-                 "reward_from_running_logprobs": running, "rounds": rounds}
+                 "reward_from_running_logprobs": running, "over_budget_steps": over_budget_steps,
+                 "rounds": rounds}
     return out
+
+
+def _can_prune(batch: CandidateBatch, alpha) -> bool:
+    """Whether a round at rate ``alpha`` would drop anyone (decided from group sizes, unscored)."""
+    sizes = batch.live_per_prompt()
+    return alpha is not None and num_keep_from_alpha(sizes, alpha) != sizes
 
 
 def _prune_round(batch: CandidateBatch, alpha, round_index: int, rewards_of, live_kv_bytes: int) -> dict:

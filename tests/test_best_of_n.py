@@ -121,7 +121,10 @@ def test_alpha_zero_equals_best_of_n(reward_kind, schedule):
     when = {"decision_tokens": [2, 5, 9]} if schedule == "tokens" else {
         "memory_budget": kv_bytes_per_token(model) * 6 * (sum(len(p) + 1 for p in PROMPTS) + 3 * 4)}
     spr = speculative_rejection(model, reward, PROMPTS, 6, 0.0, 14, generator=gen(3), **when)
-    assert len(spr.stats["rounds"]) > 0
+    if schedule == "tokens":
+        assert len(spr.stats["rounds"]) == 3  # scored, nobody dropped
+    else:  # over the budget, but alpha = 0 can drop nobody: no scoring, decode on
+        assert spr.stats["rounds"] == [] and spr.stats["over_budget_steps"] > 0
     _assert_same(spr, bon)
     assert bon.finished.all() and (spr.pruned_at_round == -1).all()
 
@@ -255,6 +258,20 @@ def test_memory_budget_decides_when_live_kv_would_exceed_it():
     assert rounds[0]["tokens_per_row"] == 5  # the 5th token's forward would need a 5th position
     assert out.stats["peak_kv_bytes"] <= budget
     assert max_candidates_for_budget(model, PROMPTS, budget, min_new_tokens=4) == n
+    assert out.stats["over_budget_steps"] == 0
+
+
+def test_memory_decisions_skip_rounds_that_cannot_prune():
+    """alpha = 0.3 of 3 rows keeps ceil(2.1) = 3: over the budget, such a round would drop nobody,
+    so rows are not scored every step; the run decodes on and counts the steps over budget."""
+    model = tiny()
+    calls = []
+    budget = kv_bytes_per_token(model) * (int(encode_prompts(PROMPTS)[1].sum()) * 4 + len(PROMPTS) * 4 * 2)
+    out = speculative_rejection(model, lambda t, l: calls.append(len(l)) or -l.float(), PROMPTS, 4, 0.3, 12,
+                                memory_budget=budget, eos_id=None, generator=gen())
+    assert [r["kept_per_prompt"] for r in out.stats["rounds"]] == [[3, 3, 3]]  # 4 -> 3, then 3 -> 3 impossible
+    assert calls == [12, 9]  # one partial scoring, one final
+    assert out.stats["over_budget_steps"] > 0
 
 
 # ---------------------------------------------------------------------------------------------
