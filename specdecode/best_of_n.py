@@ -18,15 +18,21 @@ candidate order. Per prompt::
 Nothing is re-prefilled and no text is re-tokenised: a survivor's cache rows move, its
 positions do not (contrast the reference code, specrej.md §1.6).
 
-**Randomness, per candidate.** Candidate ``c`` of the flattened ``P x n`` grid draws its token at
-step ``t`` by inverse CDF from a uniform ``U[c, t]``, with ``U = torch.rand(P*n, max_new_tokens,
-generator=generator)`` drawn once up front. A candidate's tokens therefore do not depend on which
-other rows share the batch, so under the same generator state Speculative Rejection generates,
-for every candidate it keeps, exactly the tokens Best-of-N generates for it: ``alpha=0`` returns
-Best-of-N's answer, and any ``alpha`` returns one of Best-of-N's candidates (tested). (A row's
-logits can differ in the last bit with the batch around it -- CPU matmul blocking -- so rewards
-agree to float rounding, and a draw could differ only if its uniform fell within that rounding
-of a CDF step.)
+**Randomness, per candidate.** Candidate ``j`` of prompt ``g`` draws its token at step ``t`` by
+inverse CDF from a uniform ``U(seed, g, j, t)``: Philox4x32-10 (counter-based, as in
+``specdecode.reference.rejection``) on the counter ``(t, j, g, 0)``, two output words making a
+53-bit float64. ``seed`` is one 63-bit integer drawn from ``generator`` per call. So a candidate's
+tokens depend neither on the other rows in the batch nor on ``n``:
+
+- under the same generator state, Speculative Rejection generates, for every candidate it keeps,
+  exactly the tokens Best-of-N generates for it: ``alpha=0`` returns Best-of-N's answer, and any
+  ``alpha`` returns one of Best-of-N's candidates (tested);
+- Best-of-N's ``n`` candidates are the first ``n`` of its ``2n`` (common random numbers), so its
+  reward can only grow with ``n`` and comparisons across ``n`` and ``alpha`` carry no extra noise.
+
+(A row's logits can differ in the last bit with the batch around it -- CPU matmul blocking --
+so rewards agree to float rounding, and a draw could differ only if its uniform fell within that
+rounding of a CDF step.)
 
 **Decision points** (Speculative Rejection), one of:
 
@@ -66,11 +72,12 @@ from torch import Tensor
 from specdecode.generate import Prompts, encode_prompts, logits_to_probs
 from specdecode.model import Transformer
 from specdecode.pruning import compact_kv_cache_, num_keep_from_alpha, topk_prune
+from specdecode.reference.rejection import philox4x32
 from specdecode.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
 from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
 
-__all__ = ["best_of_n", "speculative_rejection", "BestOfNOutput", "CandidateBatch", "kv_bytes_per_token",
-           "max_candidates_for_budget", "LogLikelihoodReward", "RewardModel"]
+__all__ = ["best_of_n", "speculative_rejection", "BestOfNOutput", "CandidateBatch", "candidate_uniforms",
+           "kv_bytes_per_token", "max_candidates_for_budget", "LogLikelihoodReward", "RewardModel"]
 
 LIVE, FINISHED, PRUNED = 0, 1, 2
 
@@ -230,10 +237,21 @@ class CandidateBatch:
         self.compact_((~finished).nonzero().flatten())
 
 
+def candidate_uniforms(seed: int, num_prompts: int, n: int, num_steps: int) -> Tensor:
+    """``[P, n, T]`` float64 uniforms in ``[0, 1)``: entry ``(g, j, t)`` is Philox4x32-10 keyed by
+    ``seed`` on the counter ``(t, j, g, 0)``, words 0 and 1 joined into 53 bits -- independent of
+    ``n`` beyond ``j`` and of the batch."""
+    g = torch.arange(num_prompts, dtype=torch.int64)[:, None, None]
+    j = torch.arange(n, dtype=torch.int64)[None, :, None]
+    t = torch.arange(num_steps, dtype=torch.int64)[None, None, :]
+    word0, word1, _, _ = philox4x32(torch.tensor(seed, dtype=torch.int64), t, j, g, 0)
+    return ((word0 >> 5) * 2 ** 26 + (word1 >> 6)).double() * 2.0 ** -53
+
+
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Per row, the first id whose float64 CDF exceeds ``u * total``: a draw from ``probs``."""
     cdf = probs.double().cumsum(-1)
-    hit = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
+    hit = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     return hit.clamp_max(probs.shape[-1] - 1)
 
 
@@ -260,7 +278,7 @@ def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_
         n: candidates per prompt (>= 1).
         max_new_tokens: new tokens per candidate at most; a candidate that reaches it is finished.
         temperature: sampling temperature (> 0; 0 is greedy, which makes all ``n`` candidates equal).
-        generator: drives the one up-front draw of the per-candidate uniforms.
+        generator: the one seed of the per-candidate uniforms is drawn from it (the global RNG if None).
         eos_id: a candidate finishes after emitting it (``None``: only at ``max_new_tokens``).
         reward_batch_size: rows per reward call (``None``: all at once).
         progress: called after every decoding step with ``(tokens generated per live row, live rows)``
@@ -376,7 +394,8 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
                              f"candidates need {initial} bytes of KV for the prompts and one token "
                              f"({bytes_per_token} bytes per token); n <= {fits} fits")
     start = time.perf_counter()
-    uniforms = torch.rand((P * n, max_new_tokens), generator=generator, device="cpu").to(device)
+    seed = int(torch.randint(0, 2 ** 63 - 1, (1,), generator=generator))
+    uniforms = candidate_uniforms(seed, P, n, max_new_tokens).flatten(0, 1).to(device)
     batch = CandidateBatch(model, ids, prompt_lengths, n, max_new_tokens, float(temperature), uniforms, eos_id)
     running = isinstance(reward, LogLikelihoodReward) and reward.model is model and reward.running_sums
     timers = {"reward_seconds": 0.0, "reward_calls": 0, "reward_rows": 0}

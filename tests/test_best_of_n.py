@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.best_of_n import (FINISHED, CandidateBatch, best_of_n, kv_bytes_per_token,
+from specdecode.best_of_n import (FINISHED, CandidateBatch, best_of_n, candidate_uniforms, kv_bytes_per_token,
                                   max_candidates_for_budget, speculative_rejection)
 from specdecode.generate import encode_prompts
 from specdecode.model import ModelConfig, Transformer
@@ -149,6 +149,21 @@ def test_survivors_generate_exactly_their_best_of_n_tokens():
         k = int(spr.candidate_num_tokens[p, c])
         assert torch.equal(spr.candidate_tokens[p, c, :k], bon.candidate_tokens[p, c, :k])
     assert spr.stats["tokens_generated"] < bon.stats["tokens_generated"]
+
+
+def test_best_of_n_candidates_are_nested_across_n():
+    """Common random numbers: Best-of-4's candidates are the first 4 of Best-of-8's (same seed),
+    so the reward reached can only grow with n."""
+    model = tiny(EOSBiased, eos_bias=1.0)
+    reward = LogLikelihoodReward(model)
+    small = best_of_n(model, reward, PROMPTS, 4, 10, generator=gen(9))
+    big = best_of_n(model, reward, PROMPTS, 8, 10, generator=gen(9))
+    assert torch.equal(small.candidate_tokens, big.candidate_tokens[:, :4])
+    assert (big.rewards >= small.rewards - 1e-5).all()
+    u = candidate_uniforms(7, 2, 5, 3)
+    assert u.shape == (2, 5, 3) and u.dtype == torch.float64 and 0 <= float(u.min()) and float(u.max()) < 1
+    assert torch.equal(u[:, :2], candidate_uniforms(7, 2, 2, 3)) and torch.equal(u[:1, :, :2], candidate_uniforms(7, 1, 5, 2))
+    assert len(set(u.flatten().tolist())) == u.numel()
 
 
 class RecordingReward:
