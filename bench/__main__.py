@@ -32,6 +32,7 @@ from bench import plots
 from bench.plots import markdown_table, print_table
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+THREADS: int | None = None  # --threads: torch threads for every section (None: each benchmark's default)
 
 
 @dataclass
@@ -77,7 +78,7 @@ def capture(fn, *args, argv: list[str] | None = None, **kwargs):
     """Run ``fn`` with stdout tee'd (and ``sys.argv`` set, for ``main()`` functions that parse
     it themselves); return ``(result, printed text)``."""
     tee = _Tee(sys.stdout)
-    saved_argv = sys.argv
+    saved_argv, saved_threads = sys.argv, torch.get_num_threads()
     if argv is not None:
         sys.argv = ["bench", *argv]
     try:
@@ -85,6 +86,7 @@ def capture(fn, *args, argv: list[str] | None = None, **kwargs):
             result = fn(*args, **kwargs)
     finally:
         sys.argv = saved_argv
+        torch.set_num_threads(saved_threads)  # some benchmarks set their own thread count
     return result, tee.buffer_.getvalue()
 
 
@@ -93,7 +95,7 @@ def call_main(module, quick: bool):
     returns ``(result, printed text)``."""
     import inspect
 
-    argv = ["--quick"] if quick else []
+    argv = (["--quick"] if quick else []) + (["--threads", str(THREADS)] if THREADS else [])
     if inspect.signature(module.main).parameters:
         return capture(module.main, argv, argv=argv)
     return capture(module.main, argv=argv)
@@ -383,8 +385,8 @@ def section_spr(quick: bool) -> Section:
         s.text("bench/bench_best_of_n.py is not in the tree yet: the reward-vs-compute comparison is missing.")
     else:
         from bench import seed_experiment
-        argv = (["--quick"] if quick else []) + (["--weights-dir", seed_experiment.WEIGHTS_DIR]
-                                                 if seed_experiment.WEIGHTS_DIR else [])
+        argv = ((["--quick"] if quick else []) + (["--threads", str(THREADS)] if THREADS else [])
+                + (["--weights-dir", seed_experiment.WEIGHTS_DIR] if seed_experiment.WEIGHTS_DIR else []))
         result, text = capture(module.main, argv)
         s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
         curves = spr_curves(result, text)
@@ -548,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None,
                         help="(target, draft) directory for the seed and spr sections instead of the shipped pair "
                              "(bench_e2e always uses the shipped pair)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every section, passed on to the benchmarks that take --threads "
+                             "(default: each benchmark's own; on a shared machine 1 avoids OpenMP spin stalls)")
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)}, ops (default: all)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -561,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unknown section {n!r}; choose from {', '.join(SECTIONS)}, ops")
             if n not in chosen:
                 chosen.append(n)
+    global THREADS
+    THREADS = args.threads
+    if THREADS:
+        torch.set_num_threads(THREADS)
     if args.weights:
         from bench import seed_experiment
         seed_experiment.WEIGHTS_DIR = args.weights
