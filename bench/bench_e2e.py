@@ -1,7 +1,9 @@
 """End to end on the shipped pair: plain vs speculative decoding, tokens/s, on CPU.
 
-    python -m bench.bench_e2e                 # batch sizes 1, 4, 16; K = 2, 4, 6, 8; greedy and T=0.8
-    python -m bench.bench_e2e --quick         # batch 1 and 4, K = 4, 6, greedy only
+    python -m bench.bench_e2e                 # batch sizes 1, 4, 16; K = 2, 4, 6, 8; greedy and T=0.8 (~75 s)
+    python -m bench.bench_e2e --quick         # batch 1 and 4, K = 4, 6, greedy only (~15 s)
+
+One torch thread by default (``--threads``), see below.
 
 Prints first the forward-pass costs of the two models (why speculation can pay here: the target
 is memory-bound, the draft is a few small launches), then one table per temperature with, for
@@ -101,7 +103,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default). One by default: on a shared 2-core machine "
+                             "two OpenMP threads stall whenever another process takes a core, which makes "
+                             "timings meaningless (forward passes measured 30-70x slower)")
     parser.add_argument("--weights-dir", default=None, help="a pair trained with --out (default: the shipped pair)")
     args = parser.parse_args(argv)
     if args.threads:
