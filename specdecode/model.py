@@ -129,10 +129,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 input_pos: Tensor, cache_k: Tensor | None, cache_v: Tensor | None) -> Tensor:
         B, T, C = x.shape
-        kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([C, kv_dim, kv_dim], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)  # (B, T, H, D)
-        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)  # (B, T, Hkv, D)
+        n_qk_heads = self.n_heads + self.n_kv_heads
+        qk, v = self.wqkv(x).split([n_qk_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1)
+        qk = apply_rope(qk.view(B, T, n_qk_heads, self.head_dim), cos, sin)  # q and k rotated in one go
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if cache_k is not None:
             rows = torch.arange(B, device=x.device)[:, None]
