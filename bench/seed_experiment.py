@@ -13,7 +13,7 @@
    the noise level of its few plotted top tokens, not of the whole vocabulary); and a chi-square
    goodness-of-fit p-value (bins with expected count < 5 merged). Pairs: a close draft (V = 1000), an unrelated draft (V = 1000),
    a peaked target against a flat draft (V = 4096, most mass via the residual), and the shipped
-   (target, draft) models' next-token distributions after a fixed prompt (V = 259).
+   (target, draft) models' next-token distributions after a fixed code prefix (``PROMPT``, V = 259).
 2. Greedy. ``sd.generate`` and ``sd.speculative_generate`` at temperature 0 on the shipped pair:
    the texts must be identical; printed side by side.
 """
@@ -31,7 +31,8 @@ from specdecode.tokenizer import tokenizer
 SEED_REPORTED_STD = 9.694e-5
 TOP = 10  # the seed's figures show a handful of top tokens; its std is at their noise level
 WEIGHTS_DIR: str | None = None  # None: the shipped pair; else a directory from `specdecode.train --out`
-PROMPT = "import os\nimport sys\n\n\ndef main():\n    "
+# A prefix where the next byte is genuinely uncertain (entropy ~2.3 nats), as for the seed's prompts.
+PROMPT = "class Queue:\n    def __init__(self, maxsize=0):\n        self."
 GREEDY_PROMPTS = ["def _check_arg(name, value):\n    if not isinstance(value, str):\n",
                   "class Queue:\n    def __init__(self, maxsize=0):\n"]
 
@@ -131,7 +132,7 @@ def pairs() -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], str | None]:
     if not weights_available():
         return out, "shipped weights not found (specdecode/weights/*.pt): the model pair is skipped"
     p, q = model_pair()
-    out.append((f"shipped models, first token after {PROMPT!r}, V={q.numel()}", p, q))
+    out.append((f"shipped pair, next byte after ...{PROMPT[-14:]!r}, V={q.numel()}", p, q))
     return out, None
 
 # ----------------------------------------------------------------------------- the experiment
