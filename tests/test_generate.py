@@ -185,3 +185,22 @@ def test_chi_square_helper_rejects_a_wrong_distribution():
     assert chi_square_p_value(torch.tensor([500, 300, 200]), probs) > 0.99
     assert chi_square_p_value(torch.tensor([560, 260, 180]), probs) < FALSE_ALARM_RATE
     assert math.isclose(chi_square_p_value(torch.tensor([0, 0, 1000]), torch.tensor([0.0, 0.0, 1.0])), 1.0)
+
+
+def test_shipped_pair_loads_and_decodes_losslessly():
+    """The shipped weights (no training here): they load, agree often, and greedy speculative
+    decoding reproduces plain greedy decoding on them too."""
+    import os
+
+    import specdecode as sd
+    from specdecode.generate import WEIGHTS_DIR
+    if not os.path.exists(os.path.join(WEIGHTS_DIR, "target.pt")):
+        pytest.skip("no shipped weights in this checkout")
+    target, draft = sd.load_pretrained()
+    assert target.num_parameters() > 10 * draft.num_parameters()
+    assert target.training_info["acceptance_greedy"] > 0.5
+    prompts = ["import os\n", "class Foo:\n    def __init__(self"]
+    plain = sd.generate(target, prompts, 24, eos_id=None)
+    spec = sd.speculative_generate(target, draft, prompts, 24, num_draft_tokens=4, eos_id=None)
+    assert torch.equal(spec.tokens, plain.tokens)
+    assert spec.stats["acceptance_rate"] > 0.3
