@@ -8,7 +8,7 @@ All prompts of a run share one batch. The reward is the target's mean log-likeli
 response (the paper's Table 2 setting: higher reward = lower perplexity), or ``--reward rm``:
 a reward model whose trunk is the target's and whose head is random (a stand-in, see
 ``specdecode.rewards.RewardModel``). Speculative Rejection decides by memory, as the paper
-does: its budget is the KV of its N candidates holding the prompt plus ``max_new_tokens / 8``
+does: its budget is the KV of its N candidates holding the prompt plus ``max_new_tokens / 4``
 tokens, so it prunes early, and again whenever the survivors' KV outgrows the budget.
 
 Both methods run on the same engine with per-candidate randomness from the same seed, so every
@@ -20,9 +20,9 @@ on a GPU the paper's regime is memory-bound large batches.
 
 Columns: reward (mean over prompts of the best response's reward), ppl (mean exp(-reward),
 likelihood reward only), tokens, time, forwards (decode steps + prefill), rounds (decision
-points), peak KV (largest live KV of the run), and for Speculative Rejection ``BoN-equiv``: the
-smallest Best-of-N N in the table whose reward is at least as high, with the token ratio
-``BoN tokens / SpecRej tokens`` (> 1: Speculative Rejection reached that reward cheaper).
+points), peak KV (largest live KV of the run), and for Speculative Rejection the tokens Best-of-N
+needs for the same reward (its curve over N, interpolated in log tokens, as the paper reads its
+speedups) with the ratio ``those tokens / SpecRej tokens`` (> 1: Speculative Rejection is cheaper).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def make_reward(kind: str, target):
 
 
 def run(ns=(4, 8, 16, 32, 64, 128), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PROMPTS, max_new_tokens: int = 64,
-        reward: str = "loglik", seed: int = 0, budget_fraction: float = 1 / 8, weights_dir: str | None = None,
+        reward: str = "loglik", seed: int = 0, budget_fraction: float = 1 / 4, weights_dir: str | None = None,
         decision_tokens=None, log=print) -> list[dict]:
     """One Best-of-N row per N and one Speculative Rejection row per (N, alpha): a list of dicts
     with ``method``, ``N``, ``alpha``, ``reward``, ``ppl``, ``tokens``, ``seconds``, ``forwards``,
@@ -100,25 +100,45 @@ def run(ns=(4, 8, 16, 32, 64, 128), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PROMPTS
 
 
 def _add_bon_equivalents(rows: list[dict]) -> None:
-    """For every Speculative Rejection row: the smallest Best-of-N N reaching its reward, and the
-    token ratio (that Best-of-N's tokens / its tokens)."""
-    bon = sorted((r for r in rows if r["alpha"] is None), key=lambda r: r["N"])
+    """For every Speculative Rejection row, the tokens Best-of-N needs for the same reward: the
+    Best-of-N curve (reward vs log tokens, one point per N) interpolated linearly at its reward,
+    as the paper reads its speedups off the Best-of-N curve; then ``bon_token_ratio`` = those
+    tokens / its tokens (> 1: Speculative Rejection is cheaper). None when its reward is outside
+    the curve (``bon_equiv`` says "below" or "above")."""
+    bon = sorted((r for r in rows if r["alpha"] is None), key=lambda r: r["tokens"])
     for row in rows:
         if row["alpha"] is None:
             continue
-        match = next((b for b in bon if b["reward"] >= row["reward"] - 1e-6), None)
-        row["bon_equiv_N"] = match["N"] if match else None
-        row["bon_equiv_token_ratio"] = match["tokens"] / row["tokens"] if match else None
+        row["bon_equiv_tokens"], row["bon_token_ratio"], row["bon_equiv"] = None, None, None
+        if not bon:
+            continue
+        if row["reward"] < bon[0]["reward"] - 1e-9:
+            row["bon_equiv"] = f"below BoN-{bon[0]['N']}"
+            continue
+        for lo, hi in zip(bon, bon[1:] + [None]):
+            if hi is None:
+                if row["reward"] <= lo["reward"] + 1e-9:
+                    tokens = lo["tokens"]
+                    break
+                row["bon_equiv"] = f"above BoN-{lo['N']}"
+                tokens = None
+                break
+            if row["reward"] <= hi["reward"] + 1e-9:
+                span = hi["reward"] - lo["reward"]
+                w = 0.0 if span <= 0 else max(0.0, (row["reward"] - lo["reward"]) / span)
+                tokens = math.exp(math.log(lo["tokens"]) + w * (math.log(hi["tokens"]) - math.log(lo["tokens"])))
+                break
+        if tokens is not None:
+            row["bon_equiv_tokens"] = tokens
+            row["bon_token_ratio"] = tokens / row["tokens"]
+            row["bon_equiv"] = f"{tokens:.0f} ({row['bon_token_ratio']:.2f}x)"
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB | BoN-equiv (token ratio) |",
+    lines = ["| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB | BoN tokens for this reward (ratio) |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
-        equiv = ""
-        if r["alpha"] is not None:
-            equiv = (f"N={r['bon_equiv_N']} ({r['bon_equiv_token_ratio']:.2f}x)" if r.get("bon_equiv_N")
-                     else "> largest BoN")
+        equiv = r.get("bon_equiv") or ""
         live = " -> ".join(str(x) for x in r["live_after_rounds"])
         lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {r['ppl']:.1f} | {r['tokens']} | "
                      f"{r['seconds']:.2f} | {r['forwards']} | {r['rounds']}{f' ({live})' if live else ''} | "
@@ -135,6 +155,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--num-prompts", type=int)
     parser.add_argument("--reward", choices=["loglik", "rm"], default="loglik")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-fraction", type=float, default=1 / 4,
+                        help="memory budget = KV of the N candidates at prompt + this fraction of max-new-tokens")
     parser.add_argument("--decision-tokens", type=int, nargs="+",
                         help="decide at these tokens per row instead of by memory")
     parser.add_argument("--threads", type=int, default=1,
@@ -157,10 +179,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"T = 1, reward = {args.reward}, seed {args.seed}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     start = time.perf_counter()
-    rows = run(ns, alphas, prompts, max_new, args.reward, args.seed, weights_dir=args.weights_dir,
-               decision_tokens=args.decision_tokens)
+    rows = run(ns, alphas, prompts, max_new, args.reward, args.seed, budget_fraction=args.budget_fraction,
+               weights_dir=args.weights_dir, decision_tokens=args.decision_tokens)
     rule = (f"at tokens {args.decision_tokens}" if args.decision_tokens else
-            f"by memory: the KV of its N candidates at prompt + {max(1, max_new // 8)} tokens")
+            f"by memory: the KV of its N candidates at prompt + {max(1, int(max_new * args.budget_fraction))} tokens")
     print(f"\n{format_table(rows)}\n\n(total {time.perf_counter() - start:.0f} s; SpecRej decides {rule})")
     return rows
 

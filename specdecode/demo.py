@@ -157,11 +157,13 @@ def best_of_n_demo(target, quick: bool = False) -> None:
 
     prompts = DEMO_PROMPTS
     max_new, small_n, big_n = (32, 4, 16) if quick else (64, 8, 32)
+    mid_n = (small_n + big_n) // 2
     reward = sd.LogLikelihoodReward(target)
     prompt_tokens = sum(len(p.encode()) + 1 for p in prompts)
-    # As the paper: a memory budget the big batch fills early (prompt + 1/8 of the new tokens).
-    budget = kv_bytes_per_token(target) * big_n * (prompt_tokens + len(prompts) * (max_new // 8))
+    # As the paper: a memory budget the big batch fills early (prompt + 1/4 of the new tokens).
+    budget = kv_bytes_per_token(target) * big_n * (prompt_tokens + len(prompts) * (max_new // 4))
     runs = [(f"Best-of-N, N = {small_n}", dict(n=small_n)),
+            (f"Best-of-N, N = {mid_n}", dict(n=mid_n)),
             (f"Best-of-N, N = {big_n}", dict(n=big_n)),
             (f"SpecRej, N = {big_n}, alpha = 0.5", dict(n=big_n, alpha=0.5, memory_budget=budget)),
             (f"SpecRej, N = {big_n}, alpha = 0.8", dict(n=big_n, alpha=0.8, memory_budget=budget))]
@@ -181,8 +183,8 @@ def best_of_n_demo(target, quick: bool = False) -> None:
             out = sd.best_of_n(target, reward, prompts, kwargs["n"], **common)
         bar.close()
         results.append((label, out))
-    base_tokens = results[1][1].stats["tokens_generated"]
-    base_seconds = results[1][1].stats["seconds"]
+    base_tokens = results[2][1].stats["tokens_generated"]
+    base_seconds = results[2][1].stats["seconds"]
     print(f"   {'method':<30} {'reward':>7} {'perplexity':>10} {'tokens':>7} {'vs BoN-' + str(big_n):>9} "
           f"{'time s':>7} {'peak KV KiB':>11} {'rounds':>6}")
     for label, out in results:
@@ -191,9 +193,10 @@ def best_of_n_demo(target, quick: bool = False) -> None:
         tokens = out.stats["tokens_generated"]
         print(f"   {label:<30} {reward_mean:7.3f} {perplexity:10.2f} {tokens:7d} {tokens / base_tokens:8.0%} "
               f"{out.stats['seconds']:7.2f} {out.stats['peak_kv_bytes'] / 1024:11.0f} {len(out.stats['rounds']):6d}")
-    spr = results[2][1]
-    kept = " -> ".join(str(sum(r["live_per_prompt"])) for r in spr.stats["rounds"])
-    print(f"   SpecRej alpha = 0.5 live candidates at its decision points: {kept} (then the survivors finish); "
+    spr = results[3][1]
+    kept = ", ".join(f"{sum(r['live_per_prompt'])} -> {sum(r['kept_per_prompt'])} at token {r['tokens_per_row']}"
+                     for r in spr.stats["rounds"])
+    print(f"   SpecRej alpha = 0.5 pruned {kept}, then the survivors finish; "
           f"time vs BoN-{big_n}: {spr.stats['seconds'] / base_seconds:.0%}")
     print(f"   its best answer to {prompts[0]!r}:\n     {spr.texts()[0][:120]!r}")
     print("   (sweep over N and alpha: python -m bench.bench_best_of_n)\n")
