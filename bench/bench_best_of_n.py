@@ -140,7 +140,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         equiv = r.get("bon_equiv") or ""
         live = " -> ".join(str(x) for x in r["live_after_rounds"])
-        lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {r['ppl']:.1f} | {r['tokens']} | "
+        lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {'-' if math.isnan(r['ppl']) else f"{r['ppl']:.1f}"} | {r['tokens']} | "
                      f"{r['seconds']:.2f} | {r['forwards']} | {r['rounds']}{f' ({live})' if live else ''} | "
                      f"{r['peak_kv_bytes'] / 2 ** 20:.1f} | {equiv} |")
     return "\n".join(lines)
@@ -164,7 +164,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "other processes made a 2-thread run 13x slower than a 1-thread one)")
     parser.add_argument("--weights-dir", help="a pair trained with python -m specdecode.train --out DIR")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # restored below: a report runner may call main() in-process
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args) -> list[dict]:
     ns = args.ns or ([4, 16, 64] if args.quick else [4, 8, 16, 32, 64, 128])
     alphas = args.alphas or ([0.5, 0.9] if args.quick else [0.3, 0.5, 0.7, 0.9])
     max_new = args.max_new_tokens or (32 if args.quick else 64)
