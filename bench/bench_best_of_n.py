@@ -140,7 +140,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         equiv = r.get("bon_equiv") or ""
         live = " -> ".join(str(x) for x in r["live_after_rounds"])
-        lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {'-' if math.isnan(r['ppl']) else f"{r['ppl']:.1f}"} | {r['tokens']} | "
+        ppl = "-" if math.isnan(r["ppl"]) else f"{r['ppl']:.1f}"
+        lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {ppl} | {r['tokens']} | "
                      f"{r['seconds']:.2f} | {r['forwards']} | {r['rounds']}{f' ({live})' if live else ''} | "
                      f"{r['peak_kv_bytes'] / 2 ** 20:.1f} | {equiv} |")
     return "\n".join(lines)
