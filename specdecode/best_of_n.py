@@ -134,9 +134,10 @@ class CandidateBatch:
     """
 
     def __init__(self, model: Transformer, ids: Tensor, prompt_lengths: Tensor, n: int, max_new_tokens: int,
-                 temperature: float, uniforms: Tensor, eos_id: int | None):
+                 temperature: float, seed: int, eos_id: int | None):
         self.model, self.n_per_prompt, self.max_new_tokens = model, n, max_new_tokens
-        self.temperature, self.uniforms, self.eos_id = temperature, uniforms, eos_id
+        self.temperature, self.seed, self.eos_id = temperature, seed, eos_id
+        self._uniforms, self._uniforms_from = None, 0  # a block of steps at a time: bounded memory
         self.ids, self.prompt_lengths = ids, prompt_lengths
         self.num_prompts, width = ids.shape
         total = self.num_prompts * n
@@ -196,7 +197,7 @@ class CandidateBatch:
         if self.temperature == 0:
             token = probs.argmax(-1)
         else:
-            token = _inverse_cdf(probs, self.uniforms[self.cand, self.step])
+            token = _inverse_cdf(probs, self._uniforms_at_step()[self.cand])
         self.logprob_sum += torch.log_softmax(self.logits.float(), -1)[rows, token].double()
         self.seq[rows, self.n] = token
         self.n += 1
@@ -206,6 +207,15 @@ class CandidateBatch:
         if self.eos_id is not None:
             finished |= token == self.eos_id
         return finished
+
+    def _uniforms_at_step(self, block: int = 32) -> Tensor:
+        """``[P*n]`` uniforms of every candidate for the current step, drawn ``block`` steps at a time."""
+        if self._uniforms is None or self.step >= self._uniforms_from + block:
+            self._uniforms_from = self.step
+            steps = min(block, self.max_new_tokens - self.step)
+            self._uniforms = candidate_uniforms(self.seed, self.num_prompts, self.n_per_prompt, steps,
+                                                self.step).flatten(0, 1).to(self.seq.device)
+        return self._uniforms[:, self.step - self._uniforms_from]
 
     @torch.no_grad()
     def forward(self) -> None:
@@ -237,13 +247,13 @@ class CandidateBatch:
         self.compact_((~finished).nonzero().flatten())
 
 
-def candidate_uniforms(seed: int, num_prompts: int, n: int, num_steps: int) -> Tensor:
-    """``[P, n, T]`` float64 uniforms in ``[0, 1)``: entry ``(g, j, t)`` is Philox4x32-10 keyed by
-    ``seed`` on the counter ``(t, j, g, 0)``, words 0 and 1 joined into 53 bits -- independent of
-    ``n`` beyond ``j`` and of the batch."""
+def candidate_uniforms(seed: int, num_prompts: int, n: int, num_steps: int, first_step: int = 0) -> Tensor:
+    """``[P, n, T]`` float64 uniforms in ``[0, 1)`` for steps ``first_step .. first_step+T-1``: entry
+    ``(g, j, t)`` is Philox4x32-10 keyed by ``seed`` on the counter ``(t, j, g, 0)``, words 0 and 1
+    joined into 53 bits -- independent of ``n`` beyond ``j`` and of the batch."""
     g = torch.arange(num_prompts, dtype=torch.int64)[:, None, None]
     j = torch.arange(n, dtype=torch.int64)[None, :, None]
-    t = torch.arange(num_steps, dtype=torch.int64)[None, None, :]
+    t = torch.arange(first_step, first_step + num_steps, dtype=torch.int64)[None, None, :]
     word0, word1, _, _ = philox4x32(torch.tensor(seed, dtype=torch.int64), t, j, g, 0)
     return ((word0 >> 5) * 2 ** 26 + (word1 >> 6)).double() * 2.0 ** -53
 
@@ -395,8 +405,7 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
                              f"({bytes_per_token} bytes per token); n <= {fits} fits")
     start = time.perf_counter()
     seed = int(torch.randint(0, 2 ** 63 - 1, (1,), generator=generator))
-    uniforms = candidate_uniforms(seed, P, n, max_new_tokens).flatten(0, 1).to(device)
-    batch = CandidateBatch(model, ids, prompt_lengths, n, max_new_tokens, float(temperature), uniforms, eos_id)
+    batch = CandidateBatch(model, ids, prompt_lengths, n, max_new_tokens, float(temperature), seed, eos_id)
     running = isinstance(reward, LogLikelihoodReward) and reward.model is model and reward.running_sums
     timers = {"reward_seconds": 0.0, "reward_calls": 0, "reward_rows": 0}
 

@@ -60,7 +60,7 @@ def test_compacted_survivors_logits_equal_recomputation():
     model = tiny(EOSBiased, torch.float64)
     ids, lengths = encode_prompts(PROMPTS)
     n = 5
-    batch = CandidateBatch(model, ids, lengths, n, 12, 1.0, torch.rand(len(PROMPTS) * n, 12, generator=gen()), EOS_ID)
+    batch = CandidateBatch(model, ids, lengths, n, 12, 1.0, 1234, EOS_ID)
     batch.prefill()
     torch.testing.assert_close(batch.logits, full_next_logits(model, batch.seq, batch.n), rtol=0, atol=1e-10)
     retired = 0
@@ -163,6 +163,7 @@ def test_best_of_n_candidates_are_nested_across_n():
     u = candidate_uniforms(7, 2, 5, 3)
     assert u.shape == (2, 5, 3) and u.dtype == torch.float64 and 0 <= float(u.min()) and float(u.max()) < 1
     assert torch.equal(u[:, :2], candidate_uniforms(7, 2, 2, 3)) and torch.equal(u[:1, :, :2], candidate_uniforms(7, 1, 5, 2))
+    assert torch.equal(u[:, :, 1:], candidate_uniforms(7, 2, 5, 2, first_step=1))
     assert len(set(u.flatten().tolist())) == u.numel()
 
 
