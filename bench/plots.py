@@ -141,6 +141,9 @@ def plot_e2e_throughput(rows: list[dict], path: str) -> str | None:
             ax.axhline(plain[0]["tokens_per_s"], color=color, ls="--", lw=0.8)
             ax2.plot([r["k"] for r in spec], [r["tokens_per_s"] / plain[0]["tokens_per_s"] for r in spec],
                      "o-", color=color, label=label)
+    ks = sorted({r["k"] for r in rows if r["k"] > 0})
+    for a in (ax, ax2):
+        a.set_xticks(ks)
     ax.set_xlabel("draft tokens K")
     ax.set_ylabel("tokens/s (dashed: plain decoding)")
     ax.set_yscale("log")
