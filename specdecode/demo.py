@@ -1,6 +1,7 @@
 """``python -m specdecode demo``: the ops at work, each section printing a small table."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -96,6 +97,19 @@ class Progress:
             print(f"   {self.label} ... {seconds:.1f} s", flush=True)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run on one torch thread, then restore. The shipped models are small enough that a second
+    thread mostly adds synchronisation, and on a shared machine OpenMP threads spinning against
+    other processes slowed batch-1 decoding ~40x in our runs (190 -> 5 tokens/s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _shipped_pair(weights_dir: str | None):
     """The shipped (target, draft), or None (with how to get them) if the weights are missing."""
     from specdecode.generate import WEIGHTS_DIR
@@ -111,6 +125,7 @@ def _shipped_pair(weights_dir: str | None):
     return sd.load_pretrained(weights_dir=directory)
 
 
+@one_thread()
 def decoding_demo(target, draft, quick: bool = False, num_draft_tokens: int = 4) -> None:
     """Plain vs speculative decoding on the shipped pair: tokens/s and mean accepted length."""
     prompts = DEMO_PROMPTS[:2] if quick else DEMO_PROMPTS
@@ -150,6 +165,7 @@ def decoding_demo(target, draft, quick: bool = False, num_draft_tokens: int = 4)
     print("   (accepted len = tokens emitted per row-step: accepted drafts + 1; full sweep: python -m bench.bench_e2e)\n")
 
 
+@one_thread()
 def best_of_n_demo(target, quick: bool = False) -> None:
     """Best-of-N vs Speculative Rejection on the shipped target, reward = the target's mean
     log-likelihood of the response (the paper's Table 2 setting)."""
@@ -210,14 +226,6 @@ def main(quick: bool = False, weights_dir: str | None = None) -> None:
     if pair is None:
         return
     target, draft = pair
-    # Sections 3-4 run on one thread: these models are small enough that a second thread mostly
-    # adds synchronisation, and on a shared machine OpenMP threads spinning against other
-    # processes slowed batch-1 decoding ~40x in our runs (190 -> 5 tokens/s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        print("(sections 3-4 on 1 CPU thread)\n")
-        decoding_demo(target, draft, quick)
-        best_of_n_demo(target, quick)
-    finally:
-        torch.set_num_threads(threads)
+    print("(sections 3-4 on 1 CPU thread)\n")
+    decoding_demo(target, draft, quick)
+    best_of_n_demo(target, quick)

@@ -29,9 +29,9 @@ class EOSBiased(Transformer):
         return logits
 
 
-def tiny(cls=Transformer, dtype=torch.float32, seed=0, eos_bias=None) -> Transformer:
+def tiny(cls=Transformer, dtype=torch.float32, seed=0, eos_bias=None, max_seq_len=96) -> Transformer:
     torch.manual_seed(seed)
-    model = cls(ModelConfig(n_layers=2, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=96)).to(dtype).eval()
+    model = cls(ModelConfig(n_layers=2, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=max_seq_len)).to(dtype).eval()
     if eos_bias is not None:
         model.eos_bias = eos_bias
     with torch.no_grad():  # sharper distributions than the 0.02 init, so candidates differ in likelihood
@@ -431,3 +431,21 @@ def test_reward_receives_prompt_lengths_if_it_asks_and_progress_is_reported():
     assert (lengths - prompt_lengths).tolist() == [2] * 9
     assert steps == [(1, 9), (2, 9), (3, 6), (4, 6), (5, 6), (6, 0)]  # 2 of 3 kept per prompt, then all finish
     assert out.stats["reward_calls"] == 2  # the decision point and the final scoring
+
+
+def test_demo_sections_on_a_tiny_pair_and_without_weights(tmp_path, capsys):
+    from specdecode import demo
+    from specdecode.train import save
+
+    assert demo._shipped_pair(str(tmp_path)) is None
+    assert "python -m specdecode.train" in capsys.readouterr().out
+    for name, seed in (("target", 0), ("draft", 1)):
+        save(tiny(seed=seed, max_seq_len=256), str(tmp_path / f"{name}.pt"), {})
+    target, draft = demo._shipped_pair(str(tmp_path))
+    threads = torch.get_num_threads()
+    demo.decoding_demo(target, draft, quick=True)
+    demo.best_of_n_demo(target, quick=True)
+    assert torch.get_num_threads() == threads  # the sections run on one thread and restore the count
+    out = capsys.readouterr().out
+    assert "3. Plain vs speculative decoding" in out and "greedy, batch 1" in out
+    assert "4. Best-of-N vs Speculative Rejection" in out and "SpecRej, N = 16, alpha = 0.5" in out
