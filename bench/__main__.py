@@ -338,17 +338,27 @@ def pearson(xs, ys) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
+def _correlations(per_prompt_partial: list[list[float]], finals: list[list[float]]) -> tuple[float, float]:
+    """(mean over prompts of the within-prompt Pearson r, pooled r) of partial vs final rewards."""
+    within = [pearson(x, y) for x, y in zip(per_prompt_partial, finals) if len(x) > 2]
+    within = [r for r in within if not math.isnan(r)]
+    pooled = pearson(sum(per_prompt_partial, []), sum(finals, []))
+    return (sum(within) / len(within) if within else float("nan")), pooled
+
+
 @torch.no_grad()
-def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, tau: int, temperature: float = 1.0,
-                                seed: int = 0) -> dict:
+def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, taus: tuple[int, ...],
+                                temperature: float = 1.0, seed: int = 0) -> dict:
     """The seed's Figure 2 with the seed's likelihood reward (its Table 2 setting): ``n`` sampled
     responses per prompt from the target, each scored by its mean log-likelihood under the target
-    over the first ``tau`` tokens (partial) and over the whole response (final).
+    over its first ``tau`` tokens (partial, for every ``tau`` in ``taus``) and over the whole
+    response (final).
 
-    Runs ``speculative_rejection`` with ``alpha = 0`` and one decision point at ``tau``: nothing is
-    pruned, ``stats["rounds"][0]["rewards"]`` holds the partial rewards of the rows still live at
-    ``tau`` (candidate order) and ``candidate_rewards`` the final ones. Candidates that finished
-    (EOS) before ``tau`` have no partial reward and are left out."""
+    Runs ``speculative_rejection`` with ``alpha = 0`` and decision points at ``taus``: nothing is
+    pruned, ``stats["rounds"][i]["rewards"]`` holds the partial rewards of the rows still live at
+    ``taus[i]`` (candidate order) and ``candidate_rewards`` the final ones. Candidates that
+    finished (EOS) before a ``tau`` have no partial reward there and are left out of it.
+    Returns per ``tau``: the pooled points, their prompt, and both correlations."""
     from bench.bench_e2e import PROMPTS
     from bench.seed_experiment import load_pair
     from specdecode.best_of_n import speculative_rejection
@@ -358,21 +368,21 @@ def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, tau: int,
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_prompts)]
     gen = torch.Generator().manual_seed(seed)
     out = speculative_rejection(target, LogLikelihoodReward(target), prompts, n, 0.0, length,
-                                decision_tokens=(tau,), temperature=temperature, generator=gen)
-    partial_per_prompt = out.stats["rounds"][0]["rewards"]
-    partial, final, group, within = [], [], [], []
-    for g, rewards in enumerate(partial_per_prompt):
-        live = (out.candidate_num_tokens[g] > tau).nonzero().flatten().tolist()
-        if len(live) != len(rewards):
-            raise RuntimeError(f"prompt {g}: {len(rewards)} partial rewards for {len(live)} candidates live at tau")
-        xs, ys = [float(r) for r in rewards], [float(out.candidate_rewards[g, c]) for c in live]
-        partial, final, group = partial + xs, final + ys, group + [g] * len(xs)
-        if len(xs) > 2:
-            within.append(pearson(xs, ys))
-    within = [r for r in within if not math.isnan(r)]
-    return {"partial": partial, "final": final, "group": group, "corr": pearson(partial, final),
-            "within_corr": sum(within) / len(within) if within else float("nan"), "tau": tau, "length": length,
-            "responses": len(partial), "prompts": num_prompts, "n": n}
+                                decision_tokens=tuple(taus), temperature=temperature, generator=gen)
+    per_tau = {}
+    for tau, round_stats in zip(taus, out.stats["rounds"]):
+        xs_per_prompt, ys_per_prompt = [], []
+        for g, rewards in enumerate(round_stats["rewards"]):
+            live = (out.candidate_num_tokens[g] > tau).nonzero().flatten().tolist()
+            if len(live) != len(rewards):
+                raise RuntimeError(f"prompt {g}: {len(rewards)} partial rewards for {len(live)} candidates live at {tau}")
+            xs_per_prompt.append([float(r) for r in rewards])
+            ys_per_prompt.append([float(out.candidate_rewards[g, c]) for c in live])
+        within, pooled = _correlations(xs_per_prompt, ys_per_prompt)
+        per_tau[tau] = {"partial": sum(xs_per_prompt, []), "final": sum(ys_per_prompt, []),
+                        "group": [g for g, xs in enumerate(xs_per_prompt) for _ in xs],
+                        "within_corr": within, "corr": pooled}
+    return {"per_tau": per_tau, "length": length, "prompts": num_prompts, "n": n}
 
 
 def section_spr(quick: bool) -> Section:
@@ -408,19 +418,20 @@ def section_spr(quick: bool) -> Section:
     if not weights_available():
         s.text("Partial vs final reward: shipped weights not found, skipped.")
         return s
-    prompts, n, length, tau = (4, 16, 96, 24) if quick else (8, 64, 256, 64)
+    prompts, n, length, taus, shown = (4, 16, 96, (8, 24, 48), 24) if quick else (8, 64, 256, (16, 32, 64, 128), 64)
     print(f"partial vs final likelihood reward: {prompts} prompts x {n} responses of up to {length} tokens, "
-          f"tau = {tau} ...", flush=True)
-    pf = partial_vs_final_likelihood(prompts, n, length, tau)
-    print(f"Pearson r(partial at tau={tau}, final): within a prompt {pf['within_corr']:.3f} (mean over prompts), "
-          f"pooled {pf['corr']:.3f}, over {pf['responses']} responses", flush=True)
+          f"tau = {taus} ...", flush=True)
+    pf = partial_vs_final_likelihood(prompts, n, length, taus)
+    table = [[tau, len(r["partial"]), f"{r['within_corr']:.3f}", f"{r['corr']:.3f}"] for tau, r in pf["per_tau"].items()]
+    header = ["decision token tau", "responses live at tau", "Pearson r within a prompt (mean)", "pooled r"]
+    print_table(header, table)
     s.text(f"Partial vs final reward (reward = mean log-likelihood under the target, the seed's Table 2 setting; "
-           f"{prompts} prompts x {n} sampled responses of up to {length} tokens, T = 1, "
-           f"{pf['responses']} still unfinished at tau = {tau}): **Pearson r = {pf['within_corr']:.3f} within a "
-           f"prompt** (mean over prompts; what pruning relies on, since it ranks candidates of one prompt), "
-           f"{pf['corr']:.3f} pooled over prompts.")
-    s.image(plots.plot_partial_vs_final(pf["partial"], pf["final"], pf["within_corr"], tau,
-                                        os.path.join(OUT_DIR, "spr_partial_vs_final.png"), groups=pf["group"]))
+           f"{prompts} prompts x {n} sampled responses of up to {length} tokens, T = 1). The within-prompt r is what "
+           f"pruning relies on (it ranks the candidates of one prompt); pooling prompts adds between-prompt spread.")
+    s.table(header, table)
+    r = pf["per_tau"][shown]
+    s.image(plots.plot_partial_vs_final(r["partial"], r["final"], r["within_corr"], shown,
+                                        os.path.join(OUT_DIR, "spr_partial_vs_final.png"), groups=r["group"]))
     return s
 
 

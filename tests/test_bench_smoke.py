@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
-from bench.__main__ import Section, as_markdown, parse_e2e_output, pearson, speedup_at_equal_reward, spr_curves, write_report
+from bench.__main__ import Section, _correlations, as_markdown, parse_e2e_output, pearson, speedup_at_equal_reward, spr_curves, write_report
 
 
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
@@ -104,6 +104,9 @@ def test_parse_e2e_output_and_pearson():
     assert math.isclose(pearson([1, 2, 3], [2, 4, 6]), 1.0)
     assert math.isclose(pearson([1, 2, 3], [3, 2, 1]), -1.0)
     assert as_markdown("## greedy\n| a |") == "**greedy**\n\n| a |"
+    # Within each prompt perfectly correlated, offset between prompts: within 1, pooled lower.
+    within, pooled = _correlations([[1, 2, 3], [10, 11, 12]], [[1, 2, 3], [0, 1, 2]])
+    assert math.isclose(within, 1.0) and pooled < 0.9
 
 
 def test_spr_curves_from_printed_tables_and_from_rows():
