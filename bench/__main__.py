@@ -278,8 +278,8 @@ def section_seed(quick: bool) -> Section:
         s.text(f"Greedy, temperature 0, K = {greedy['K']}: **tokens identical = {greedy['identical_tokens']}** "
                f"(mean accepted length {greedy['mean_accepted_length']:.2f}).")
         for prompt, a, b in zip(greedy["prompts"], greedy["plain"], greedy["speculative"]):
-            s.table(["prompt", "sd.generate", "sd.speculative_generate"],
-                    [[f"`{prompt!r}`", f"`{a!r}`", f"`{b!r}`"]])
+            s.text(f"Prompt `{prompt!r}`:")
+            s.code(f"{'sd.generate':<56} | sd.speculative_generate\n{'-' * 56}-+-{'-' * 56}\n" + se.side_by_side(a, b))
     return s
 
 # ----------------------------------------------------------------------------- end to end
