@@ -42,6 +42,6 @@ setup(
     install_requires=["torch>=2.6,<2.14", "triton>=3.2", "numpy"],
     extras_require={
         "test": ["pytest"],
-        "bench": ["matplotlib"],
+        "bench": ["matplotlib", "transformers"],  # figures; the HF _speculative_sampling baseline
     },
 )
