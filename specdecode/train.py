@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; part of the recipe (reduction order), and on a shared "
                              "2-core machine one thread beats two that spin-wait for each other")
+    parser.add_argument("--continue-from", default=None, metavar="DIR",
+                        help="load the pair saved in DIR, skip the joint phase and run one more "
+                             "distillation round (--distill-steps) on its draft; the target is unchanged")
     parser.add_argument("--out", default=WEIGHTS_DIR)
     args = parser.parse_args(argv)
 
@@ -147,10 +150,19 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     data_gen = torch.Generator().manual_seed(args.seed)
     train_data, val_data, info = load_corpus()
-    target, draft = Transformer(TARGET_CONFIG), Transformer(DRAFT_CONFIG)
-    info.update(target_params=target.num_parameters(), draft_params=draft.num_parameters(),
-                batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, threads=args.threads, lr=args.lr,
-                joint_steps=args.joint_steps, distill_steps=args.distill_steps)
+    if args.continue_from:
+        from specdecode.generate import load_pretrained  # here: generate imports the ops, training does not need them
+        target, draft = load_pretrained(weights_dir=args.continue_from)
+        draft.train()
+        info = dict(target.training_info)
+        info["extra_distill_rounds"] = info.get("extra_distill_rounds", []) + [
+            {"steps": args.distill_steps, "seed": args.seed, "lr": args.lr / 2, "threads": args.threads}]
+        args.joint_steps = 0
+    else:
+        target, draft = Transformer(TARGET_CONFIG), Transformer(DRAFT_CONFIG)
+        info.update(target_params=target.num_parameters(), draft_params=draft.num_parameters(),
+                    batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, threads=args.threads,
+                    lr=args.lr, joint_steps=args.joint_steps, distill_steps=args.distill_steps)
     print(json.dumps(info))
     target_opt, draft_opt = make_optimizer(target, args.lr), make_optimizer(draft, args.lr)
     start = time.perf_counter()
@@ -168,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         if step % 50 == 0 or step == args.joint_steps - 1:
             print(f"joint {step:4d}  target loss {target_loss.item():.3f}  draft ce {draft_ce.item():.3f}  "
                   f"{time.perf_counter() - start:6.0f}s", flush=True)
-    info["target_train_loss"] = target_loss.item()
+    if args.joint_steps:
+        info["target_train_loss"] = target_loss.item()
 
     target.eval()
     draft_opt = make_optimizer(draft, args.lr / 2)
@@ -182,8 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
         if step % 50 == 0 or step == args.distill_steps - 1:
             print(f"distill {step:4d}  KL(target||draft) {loss.item():.3f}  {time.perf_counter() - start:6.0f}s",
                   flush=True)
-    info["draft_train_kl"] = loss.item()
-    info["train_seconds"] = round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)
+    if args.continue_from:
+        info["extra_distill_rounds"][-1].update(draft_train_kl=loss.item(), seconds=seconds)
+    else:
+        info.update(draft_train_kl=loss.item(), train_seconds=seconds)
 
     # Evaluate what ships: bf16-rounded weights, run in float32.
     for model in (target, draft):
