@@ -23,38 +23,42 @@ namespace {
 constexpr int64_t kScanBlock = 128;
 
 // w(v) = max(0, q(v) - p(v) - [v == one_hot_id]), NaN -> 0: the dense draft row p only when
-// kDense (a compile-time switch keeps the inner loop branch-free, so it vectorises); one_hot_id
-// >= 0 for draft-probability-free proposers, -1 otherwise. Same float ops as the Triton kernel.
-// The one-hot compare is on 32-bit ids (V < 2^31 is checked): baseline x86-64 has no 64-bit
-// vector compare, and an int64 compare kept the whole loop scalar (6x slower).
+// kDense (a compile-time switch, so the streaming loop has no branch on it); one_hot_id >= 0 for
+// draft-probability-free proposers, -1 otherwise. Same float ops as the Triton kernel.
 template <typename scalar_t, bool kDense>
 struct ResidualWeights {
   const scalar_t* q;
   const scalar_t* p;
-  int32_t one_hot_id;
+  int64_t one_hot_id;
+
   float operator()(int64_t v) const {
+    return positive_part(difference(v) - (v == one_hot_id ? 1.0f : 0.0f));
+  }
+
+  // Sum of w over [begin, end). Only the block holding the one-hot id needs the id compare; the
+  // others stream without it (an index compare in the loop made it 6x slower).
+  double block_sum(int64_t begin, int64_t end) const {
+    if (one_hot_id >= begin && one_hot_id < end) {
+      double sum = 0.0;
+      for (int64_t v = begin; v < end; ++v) sum += (*this)(v);
+      return sum;
+    }
+    // `omp simd reduction` allows the lane-wise (reassociated) float sum that plain -O3 will not
+    // do; with at most kScanBlock / 4 terms per lane the block sum is within ~2e-6 relative.
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t v = begin; v < end; ++v) sum += positive_part(difference(v));
+    return sum;
+  }
+
+ private:
+  float difference(int64_t v) const {
     float diff = static_cast<float>(q[v]);
     if constexpr (kDense) diff -= static_cast<float>(p[v]);
-    diff -= static_cast<float>(static_cast<int32_t>(v) == one_hot_id);
-    // max(diff, 0) with NaN -> 0, as a mask: without -ffast-math gcc keeps a `?:` on floats as
-    // control flow and will not vectorise the loop.
-    uint32_t bits;
-    std::memcpy(&bits, &diff, sizeof bits);
-    bits &= 0u - static_cast<uint32_t>(diff > 0.0f);
-    std::memcpy(&diff, &bits, sizeof bits);
     return diff;
   }
+  static float positive_part(float diff) { return diff > 0.0f ? diff : 0.0f; }  // NaN -> 0
 };
-
-template <typename Weights>
-double block_sum(const Weights& weight, int64_t begin, int64_t end) {
-  // `omp simd reduction` allows the lane-wise (reassociated) float sum that plain -O3 may not
-  // do; with at most kScanBlock / 4 terms per lane the block sum is within ~2e-6 relative.
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t v = begin; v < end; ++v) sum += weight(v);
-  return sum;
-}
 
 template <typename Weights>
 int64_t last_positive_in(const Weights& weight, int64_t begin, int64_t end) {
@@ -71,7 +75,7 @@ int64_t sample_inverse_cdf(const Weights& weight, int64_t vocab_size, float u, s
   block_sums.resize(num_blocks);
   double total = 0.0;
   for (int64_t block = 0; block < num_blocks; ++block) {
-    block_sums[block] = block_sum(weight, block * kScanBlock, std::min(vocab_size, (block + 1) * kScanBlock));
+    block_sums[block] = weight.block_sum(block * kScanBlock, std::min(vocab_size, (block + 1) * kScanBlock));
     total += block_sums[block];
   }
   if (!(total > 0.0)) return -1;  // zero or NaN mass
@@ -99,28 +103,32 @@ int64_t sample_inverse_cdf(const Weights& weight, int64_t vocab_size, float u, s
   return -1;
 }
 
-// NaN -> -inf, branch-free (see ResidualWeights for why not `?:`).
 inline float nan_to_neg_inf(float value) {
-  constexpr uint32_t kNegInf = 0xFF800000u;
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  const uint32_t is_number = 0u - static_cast<uint32_t>(value == value);
-  bits = (bits & is_number) | (kNegInf & ~is_number);
-  std::memcpy(&value, &bits, sizeof bits);
-  return value;
+  return value == value ? value : -std::numeric_limits<float>::infinity();
 }
 
-// First index of the maximum, NaN counted as -inf (so 0 when there is no number): a vectorised
-// max, then a scan that stops at its first occurrence.
+// First index of the maximum, NaN counted as -inf (so 0 when there is no number). One pass of
+// vectorised block maxima; a block is rescanned for its first maximum only when it beats the
+// best so far (strict '>': on ties the earlier block wins).
 template <typename scalar_t>
 int64_t nan_safe_argmax(const scalar_t* row, int64_t vocab_size) {
   float best = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : best)
-  for (int64_t v = 0; v < vocab_size; ++v) best = std::max(best, nan_to_neg_inf(static_cast<float>(row[v])));
-  for (int64_t v = 0; v < vocab_size; ++v) {
-    if (nan_to_neg_inf(static_cast<float>(row[v])) == best) return v;
+  int64_t best_id = 0;
+  for (int64_t begin = 0; begin < vocab_size; begin += kScanBlock) {
+    const int64_t end = std::min(vocab_size, begin + kScanBlock);
+    float block_max = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : block_max)
+    for (int64_t v = begin; v < end; ++v) {
+      const float value = nan_to_neg_inf(static_cast<float>(row[v]));
+      block_max = value > block_max ? value : block_max;
+    }
+    if (block_max > best) {
+      best = block_max;
+      best_id = begin;
+      while (nan_to_neg_inf(static_cast<float>(row[best_id])) != block_max) ++best_id;
+    }
   }
-  return 0;
+  return best_id;
 }
 
 template <typename scalar_t>
@@ -178,8 +186,7 @@ void verify_row(const VerifyArgs<scalar_t>& a, int64_t b, std::vector<double>& s
     if (has_draft && a.draft_probs) {
       emitted = sample_inverse_cdf(ResidualWeights<scalar_t, true>{q_j, draft_row(accepted), -1}, V, u, scratch);
     } else {
-      const int32_t one_hot_id = has_draft ? static_cast<int32_t>(drafts[accepted]) : -1;
-      emitted = sample_inverse_cdf(ResidualWeights<scalar_t, false>{q_j, nullptr, one_hot_id},
+      emitted = sample_inverse_cdf(ResidualWeights<scalar_t, false>{q_j, nullptr, has_draft ? drafts[accepted] : -1},
                                    V, u, scratch);
     }
     if (emitted < 0 && has_draft) {  // zero residual mass: fall back to the target row
