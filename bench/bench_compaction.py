@@ -16,10 +16,11 @@ Caches are 128 MiB.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+
+from bench.timing import median_ms
 
 import specdecode as sd
 
@@ -32,17 +33,6 @@ LAYOUTS = [
 # Kept sets over B rows: random subsets at three keep rates, and the worst case for an in-place
 # move (row 0 dropped, so every survivor moves).
 PATTERNS = ["keep 25%", "keep 50%", "keep 75%", "drop row 0"]
-
-
-def median_ms(fn, min_reps: int, min_seconds: float) -> float:
-    fn()  # warm-up
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def kept_indices(pattern: str, num_rows: int, generator: torch.Generator) -> torch.Tensor:

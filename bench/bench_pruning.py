@@ -15,26 +15,15 @@ Times are medians in microseconds over repeated calls.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from bench.timing import median_us
 
 import specdecode as sd
 
 PROMPTS = [1, 4, 16, 64]
 CANDIDATES = [8, 64, 256, 1024]
-
-
-def median_us(fn, min_reps: int, min_seconds: float) -> float:
-    fn()  # warm-up
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
 
 
 def topk_loop(rewards: torch.Tensor, group_sizes: list[int], num_keep: list[int]) -> torch.Tensor:

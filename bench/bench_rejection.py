@@ -20,26 +20,15 @@ medians over repeated calls with warm caches, for every contender alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from bench.timing import median_ms
 
 import specdecode as sd
 from specdecode.reference import rejection as ref
 
 SHAPES = [(1, 4, 32000), (8, 4, 32000), (64, 4, 32000), (64, 8, 128256), (256, 4, 128256)]
-
-
-def median_ms(fn, min_reps: int, min_seconds: float) -> float:
-    fn()  # warm-up
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def make_inputs(batch: int, num_drafts: int, vocab: int, seed: int = 0):

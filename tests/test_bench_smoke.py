@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
+from specdecode.stats import chi2_sf, chi_square
 from bench.__main__ import Section, _correlations, as_markdown, parse_e2e_output, pearson, speedup_at_equal_reward, spr_curves, write_report
 
 
@@ -60,11 +61,11 @@ def test_bytes_model_orders_designs_and_counts_exactly():
 
 
 def test_chi2_tail_matches_known_values():
-    assert math.isclose(se.chi2_sf(3.841458820694124, 1), 0.05, rel_tol=1e-9)
-    assert math.isclose(se.chi2_sf(18.307038053275146, 10), 0.05, rel_tol=1e-9)
-    assert math.isclose(se.chi2_sf(1000.0, 1000), 0.4940, abs_tol=1e-3)
-    assert se.chi2_sf(0.0, 3) == 1.0 and se.chi2_sf(math.inf, 3) == 0.0
-    assert se.chi2_sf(500.0, 100) < 1e-40
+    assert math.isclose(chi2_sf(3.841458820694124, 1), 0.05, rel_tol=1e-9)
+    assert math.isclose(chi2_sf(18.307038053275146, 10), 0.05, rel_tol=1e-9)
+    assert math.isclose(chi2_sf(1000.0, 1000), 0.4940, abs_tol=1e-3)
+    assert chi2_sf(0.0, 3) == 1.0 and chi2_sf(math.inf, 3) == 0.0
+    assert chi2_sf(500.0, 100) < 1e-40
 
 
 def test_seed_experiment_tiny_pair_follows_target():
@@ -83,8 +84,8 @@ def test_seed_experiment_statistics_detect_a_biased_sampler():
     q = torch.full((50,), 1 / 50)
     counts = torch.full((50,), 400)
     counts[0] += 200  # 50% too many of token 0 in 20,200 samples
-    stat, df = se.chi_square(counts, q)
-    assert df == 49 and se.chi2_sf(stat, df) < 1e-3
+    stat, df = chi_square(counts, q)
+    assert df == 49 and chi2_sf(stat, df) < 1e-3
 
 
 def test_side_by_side_keeps_both_texts():
