@@ -19,81 +19,15 @@ for the minimum the op must move, for this package's kernel, and for the designs
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import subprocess
-import sys
 from dataclasses import dataclass
+
+from specdecode.kernels._aot import compile_in_subprocess
 
 H100_BYTES_PER_S = 3.35e12
 SECTOR = 32  # bytes: the smallest DRAM transaction on NVIDIA GPUs; a gather of one element costs this
 ALL_TARGETS = ("sm_80", "sm_90", "gfx942")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------- part 1: compile
-
-_NVIDIA_LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*(?:\.v(\d))?\.[bfsu](\d+)")
-_AMD_LOAD = re.compile(r"\b(?:global|buffer)_load_(dwordx(\d)|dword|short_d16\w*|ushort|sshort|ubyte|sbyte)\b")
-_AMD_BYTES = {"dword": 4, "ushort": 2, "sshort": 2, "ubyte": 1, "sbyte": 1}
-
-
-def load_widths(asm: str, backend: str) -> list[int]:
-    """Distinct byte widths of the global load instructions in PTX (``backend='cuda'``) or
-    AMDGCN, widest first. Narrow widths include scalar metadata loads (ids, group starts)."""
-    widths = set()
-    if backend == "cuda":
-        for vec, bits in _NVIDIA_LOAD.findall(asm):
-            widths.add(int(vec or 1) * int(bits) // 8)
-    else:
-        for kind, dwords in _AMD_LOAD.findall(asm):
-            widths.add(4 * int(dwords) if dwords else _AMD_BYTES.get(kind, 2))
-    return sorted(widths, reverse=True)
-
-
-def widest_load_bytes(asm: str, backend: str) -> int:
-    """Bytes of the widest global load instruction (0 if there is none)."""
-    return max(load_widths(asm, backend), default=0)
-
-
-def _compile_worker(targets: list[str], name_filter: str | None) -> list[dict]:
-    """Runs in the subprocess (TRITON_INTERPRET unset): compile every case for every target."""
-    import warnings
-
-    warnings.simplefilter("ignore")
-    from specdecode.kernels._aot import TARGETS, all_cases, compile_case
-
-    rows = []
-    for case in all_cases():
-        if name_filter and name_filter not in case.name:
-            continue
-        for target in targets:
-            try:
-                result = compile_case(case, target)
-                backend = TARGETS[target].backend
-                asm = result.asm["ptx" if backend == "cuda" else "amdgcn"]
-                rows.append(dict(name=case.name, target=target, ok=True, registers=result.registers,
-                                 spills=result.spills, shared=result.shared_bytes, num_warps=case.num_warps,
-                                 widest_load=widest_load_bytes(asm, backend),
-                                 load_widths=load_widths(asm, backend), bytes_moved=case.bytes_moved))
-            except Exception as exc:  # report every failure, not only the first
-                rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[-600:]))
-    return rows
-
-
-def compile_all(targets=ALL_TARGETS, name_filter: str | None = None, timeout: float = 900) -> list[dict]:
-    """Compile every AOT case in a fresh interpreter with ``TRITON_INTERPRET`` unset."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "bench.gpu_report", "--worker", "--targets", ",".join(targets)]
-    if name_filter:
-        cmd += ["--only", name_filter]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"AOT compile subprocess failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def compile_table(rows: list[dict]) -> list[list]:
     """One row per (case, target); a last column with the case's own ``bytes_moved`` (and its
@@ -245,7 +179,7 @@ def run(quick: bool = False, targets=None, name_filter: str | None = None, accep
     targets = list(targets or (("sm_90",) if quick else ALL_TARGETS))
     print(f"AOT compile for {', '.join(targets)} (Triton's compiler, no GPU; a subprocess with TRITON_INTERPRET unset)",
           flush=True)
-    rows = compile_all(targets, name_filter)
+    rows = compile_in_subprocess(targets, name_filter)
     compile_rows = compile_table(rows)
     print_table(COMPILE_HEADER, compile_rows)
     tables = bytes_tables(acceptance)
@@ -261,14 +195,10 @@ def run(quick: bool = False, targets=None, name_filter: str | None = None, accep
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="sm_90 only")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--targets", default=None, help="comma-separated, of " + ", ".join(ALL_TARGETS))
     parser.add_argument("--only", default=None, help="only AOT cases whose name contains this")
     args = parser.parse_args(argv)
     targets = args.targets.split(",") if args.targets else None
-    if args.worker:
-        print(json.dumps(_compile_worker(targets or list(ALL_TARGETS), args.only)))
-        return
     run(args.quick, targets, args.only)
 
 

@@ -10,8 +10,11 @@ interpreter ``@triton.jit`` returns an object the compiler cannot take.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,8 +51,12 @@ class AotResult:
     registers: int
     spills: int  # spill stores + spill loads (bytes on NVIDIA, count on AMD)
     shared_bytes: int
-    vector_loads_16b: bool  # whether 16-byte global loads appear (NVIDIA only)
+    load_widths: list[int]  # distinct byte widths of the global loads, widest first
     asm: dict[str, Any]
+
+    @property
+    def widest_load_bytes(self) -> int:
+        return max(self.load_widths, default=0)
 
 
 def compile_case(case: AotCase, target: str) -> AotResult:
@@ -62,12 +69,34 @@ def compile_case(case: AotCase, target: str) -> AotResult:
     compiled = triton.compile(source, target=gpu, options={"num_warps": case.num_warps})
     if gpu.backend == "cuda":
         registers, spills = _ptxas_usage(compiled.asm["ptx"], gpu.arch)
-        vector = "ld.global.v4" in compiled.asm["ptx"] or "ld.global.nc.v4" in compiled.asm["ptx"]
+        widths = load_widths(compiled.asm["ptx"], "cuda")
     else:
         registers, spills = _amdgcn_usage(compiled.asm["amdgcn"])
-        vector = False
-    return AotResult(case, target, registers, spills, compiled.metadata.shared, vector,
-                     dict(compiled.asm))
+        widths = load_widths(compiled.asm["amdgcn"], "hip")
+    return AotResult(case, target, registers, spills, compiled.metadata.shared, widths, dict(compiled.asm))
+
+
+_NVIDIA_LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*(?:\.v(\d))?\.[bfsu](\d+)")
+_AMD_LOAD = re.compile(r"\b(?:global|buffer)_load_(dwordx(\d)|dword|short_d16\w*|ushort|sshort|ubyte|sbyte)\b")
+_AMD_BYTES = {"dword": 4, "ushort": 2, "sshort": 2, "ubyte": 1, "sbyte": 1}
+
+
+def load_widths(asm: str, backend: str) -> list[int]:
+    """Distinct byte widths of the global load instructions in PTX (``backend='cuda'``) or
+    AMDGCN, widest first. Narrow widths include scalar metadata loads (ids, group starts)."""
+    widths = set()
+    if backend == "cuda":
+        for vec, bits in _NVIDIA_LOAD.findall(asm):
+            widths.add(int(vec or 1) * int(bits) // 8)
+    else:
+        for kind, dwords in _AMD_LOAD.findall(asm):
+            widths.add(4 * int(dwords) if dwords else _AMD_BYTES.get(kind, 2))
+    return sorted(widths, reverse=True)
+
+
+def widest_load_bytes(asm: str, backend: str) -> int:
+    """Bytes of the widest global load instruction (0 if there is none)."""
+    return max(load_widths(asm, backend), default=0)
 
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
@@ -102,3 +131,37 @@ def all_cases() -> list[AotCase]:
     for module_name in KERNEL_MODULES:
         cases += importlib.import_module(f"{__package__}.{module_name}").aot_cases()
     return cases
+
+
+def compile_every_case(targets=tuple(TARGETS), name_filter: str | None = None) -> list[dict]:
+    """Compile every AOT case for every target, in this process (TRITON_INTERPRET must be
+    unset): one JSON-able row per (case, target), failures reported, not raised."""
+    rows = []
+    for case in all_cases():
+        if name_filter and name_filter not in case.name:
+            continue
+        for target in targets:
+            try:
+                result = compile_case(case, target)
+                rows.append(dict(name=case.name, target=target, ok=True, registers=result.registers,
+                                 spills=result.spills, shared=result.shared_bytes, num_warps=case.num_warps,
+                                 widest_load=result.widest_load_bytes, load_widths=result.load_widths,
+                                 bytes_moved=case.bytes_moved))
+            except Exception as exc:  # report every failure, not only the first
+                rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[-1500:]))
+    return rows
+
+
+def compile_in_subprocess(targets=tuple(TARGETS), name_filter: str | None = None, timeout: float = 900) -> list[dict]:
+    """``compile_every_case`` in a fresh interpreter with ``TRITON_INTERPRET`` unset, so it works
+    from a process that runs the kernels under the interpreter (the test suite)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    script = ("import json, sys, warnings; warnings.simplefilter('ignore'); "
+              "from specdecode.kernels._aot import compile_every_case; "
+              "print(json.dumps(compile_every_case(sys.argv[1].split(','), sys.argv[2] or None)))")
+    proc = subprocess.run([sys.executable, "-c", script, ",".join(targets), name_filter or ""],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"AOT compile subprocess failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
+from specdecode.kernels._aot import compile_in_subprocess, load_widths, widest_load_bytes
 from specdecode.stats import chi2_sf, chi_square
 from bench.__main__ import Section, _correlations, as_markdown, parse_e2e_output, pearson, speedup_at_equal_reward, spr_curves, write_report
 
@@ -19,7 +20,7 @@ from bench.__main__ import Section, _correlations, as_markdown, parse_e2e_output
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
     # The suite runs with TRITON_INTERPRET=1; compile_all must strip it for the compiler.
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    rows = gpu_report.compile_all(["sm_90"], name_filter="topk_prune_mask[float32]", timeout=300)
+    rows = compile_in_subprocess(["sm_90"], name_filter="topk_prune_mask[float32]", timeout=300)
     assert len(rows) == 1
     row = rows[0]
     assert row["ok"], row.get("error")
@@ -38,8 +39,8 @@ def test_gpu_report_compiles_one_kernel_in_a_subprocess():
     ("mov.u32 %r1, 0;", "cuda", 0),
 ])
 def test_widest_load_bytes(asm, backend, expected):
-    assert gpu_report.widest_load_bytes(asm, backend) == expected
-    assert gpu_report.load_widths(asm, backend)[:1] == ([expected] if expected else [])
+    assert widest_load_bytes(asm, backend) == expected
+    assert load_widths(asm, backend)[:1] == ([expected] if expected else [])
 
 
 def test_bytes_model_orders_designs_and_counts_exactly():
