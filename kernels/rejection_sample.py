@@ -163,12 +163,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def default_block_v(vocab_size: int, interpreting: bool | None = None) -> int:
-    """Tile width over the vocabulary. On GPU 2048 lanes at 8 warps (8 per thread) keep the scan
-    in registers with no spills on sm_80/sm_90/gfx942, where 4 warps spilled on sm_80; the
-    interpreter pays per tile, so it takes the whole row."""
+def default_block_v(vocab_size: int, element_size: int = 4, interpreting: bool | None = None) -> int:
+    """Tile width over the vocabulary: 8 KiB of probabilities per tile (2048 fp32 or 4096
+    bf16/fp16 lanes), so every thread of 8 warps loads 16 contiguous bytes per row even on
+    64-wide AMD wavefronts, with no spills on sm_80/sm_90/gfx942 (4 warps spilled on sm_80).
+    The interpreter pays per tile, so it takes the whole row."""
     interpreting = _interpreting() if interpreting is None else interpreting
-    cap = 65536 if interpreting else 2048
+    cap = 65536 if interpreting else 8192 // element_size
     return min(triton.next_power_of_2(vocab_size), cap)
 
 
@@ -205,7 +206,7 @@ def rejection_sample(
         target_probs.stride(0), target_probs.stride(1),
         SEED_PER_ROW=int(seeds.numel() != 1), OFFSET_PER_ROW=int(offsets.numel() != 1),
         HAS_DRAFT_PROBS=has_draft_probs,
-        BLOCK_V=block_v or default_block_v(vocab_size),
+        BLOCK_V=block_v or default_block_v(vocab_size, target_probs.element_size()),
         BLOCK_K=triton.next_power_of_2(num_drafts + 1),
         num_warps=NUM_WARPS,
     )
@@ -231,7 +232,8 @@ def aot_cases() -> list[AotCase]:
                 "HAS_DRAFT_PROBS": "constexpr", "BLOCK_V": "constexpr", "BLOCK_K": "constexpr",
             }
             constexprs = {"SEED_PER_ROW": 1, "OFFSET_PER_ROW": 1, "HAS_DRAFT_PROBS": has_draft_probs,
-                          "BLOCK_V": default_block_v(vocab_size, interpreting=False), "BLOCK_K": 8}
+                          "BLOCK_V": default_block_v(vocab_size, dtype.itemsize, interpreting=False),
+                          "BLOCK_K": 8}
             name = f"rejection_sample[V={vocab_size},{str(dtype)[6:]},{'dense' if has_draft_probs else 'one-hot'}]"
             cases.append(AotCase(name, _rejection_sample_kernel, signature, constexprs, NUM_WARPS,
                                  divisible_by_16=("draft_probs_ptr", "target_probs_ptr", "V", "draft_stride_b",
