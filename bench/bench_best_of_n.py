@@ -1,6 +1,6 @@
 """Speculative Rejection vs Best-of-N on the shipped target: reward reached vs compute.
 
-    python -m bench.bench_best_of_n             # N = 4..128, alpha = 0.3, 0.5, 0.7, 0.9, 8 prompts
+    python -m bench.bench_best_of_n             # N = 4..256, alpha = 0.3, 0.5, 0.7, 0.9, 8 prompts
     python -m bench.bench_best_of_n --quick     # N = 4, 16, 64, alpha = 0.5, 0.9, 4 prompts, fewer tokens
     python -m bench.bench_best_of_n --reward rm # the stand-in reward model instead of the likelihood
 
@@ -63,7 +63,7 @@ def make_reward(kind: str, target):
     raise ValueError(f"unknown reward {kind!r}: loglik or rm")
 
 
-def run(ns=(4, 8, 16, 32, 64, 128), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PROMPTS, max_new_tokens: int = 64,
+def run(ns=(4, 8, 16, 32, 64, 128, 256), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PROMPTS, max_new_tokens: int = 64,
         reward: str = "loglik", seed: int = 0, budget_fraction: float = 1 / 4, weights_dir: str | None = None,
         decision_tokens=None, log=print) -> list[dict]:
     """One Best-of-N row per N and one Speculative Rejection row per (N, alpha): a list of dicts
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _main(args) -> list[dict]:
-    ns = args.ns or ([4, 16, 64] if args.quick else [4, 8, 16, 32, 64, 128])
+    ns = args.ns or ([4, 16, 64] if args.quick else [4, 8, 16, 32, 64, 128, 256])
     alphas = args.alphas or ([0.5, 0.9] if args.quick else [0.3, 0.5, 0.7, 0.9])
     max_new = args.max_new_tokens or (32 if args.quick else 64)
     prompts = PROMPTS[:args.num_prompts or (4 if args.quick else 8)]

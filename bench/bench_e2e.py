@@ -1,6 +1,6 @@
 """End to end on the shipped pair: plain vs speculative decoding, tokens/s, on CPU.
 
-    python -m bench.bench_e2e                 # batch sizes 1, 4, 16; K = 2, 4, 6, 8; greedy and T=0.8 (~75 s)
+    python -m bench.bench_e2e                 # batch sizes 1, 2, 4, 8, 16; K = 1..8; greedy and T=0.8 (~4 min)
     python -m bench.bench_e2e --quick         # batch 1 and 4, K = 4, 6, greedy only (~15 s)
 
 One torch thread by default (``--threads``), see below.
@@ -123,7 +123,7 @@ def main(argv=None):
     if args.quick:
         run(target, draft, [1, 4], [4, 6], [0.0], args.max_new_tokens, max(1, args.repeats - 1))
     else:
-        run(target, draft, [1, 4, 16], [2, 4, 6, 8], [0.0, 0.8], args.max_new_tokens, args.repeats)
+        run(target, draft, [1, 2, 4, 8, 16], list(range(1, 9)), [0.0, 0.8], args.max_new_tokens, args.repeats)
 
 
 if __name__ == "__main__":
