@@ -35,7 +35,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q tests -m slow $(PYTEST_ARGS)
 
+# The benchmarks and the report (bench/out/); the `bench` extra adds matplotlib (figures) and
+# transformers (the Hugging Face baseline column).
 bench: $(STAMP)
+	$(PIP) install -q --no-build-isolation -e .[bench]
 	$(PY) -m bench
 
 clean:
