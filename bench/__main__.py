@@ -359,7 +359,7 @@ def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, taus: tup
     ``taus[i]`` (candidate order) and ``candidate_rewards`` the final ones. Candidates that
     finished (EOS) before a ``tau`` have no partial reward there and are left out of it.
     Returns per ``tau``: the pooled points, their prompt, and both correlations."""
-    from bench.bench_e2e import PROMPTS
+    from bench.prompts import PROMPTS
     from bench.seed_experiment import load_pair
     from specdecode.best_of_n import speculative_rejection
     from specdecode.rewards import LogLikelihoodReward

@@ -34,19 +34,10 @@ import time
 
 import torch
 
+from bench.prompts import PROMPTS
+
 import specdecode as sd
 from specdecode.best_of_n import kv_bytes_per_token
-
-PROMPTS = [
-    "import os\nimport sys\n\n\ndef main():\n",
-    "class Queue:\n    def __init__(self, maxsize=0):\n",
-    "    def __repr__(self):\n        return ",
-    "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
-    "    for i in range(len(",
-    "\"\"\"Utilities for working with ",
-    "        except KeyError:\n",
-    "from collections import namedtuple\n\n",
-]
 
 
 def memory_budget_for(model, prompts, n: int, tokens_per_row: int) -> int:

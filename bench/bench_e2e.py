@@ -21,28 +21,10 @@ import time
 
 import torch
 
+from bench.prompts import PROMPTS
+from bench.timing import median_ms
+
 import specdecode as sd
-
-PROMPTS = [
-    "import os\nimport sys\n\n\ndef main():\n",
-    "class Queue:\n    def __init__(self, maxsize=0):\n",
-    "    def __repr__(self):\n        return ",
-    "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
-    "    for i in range(len(",
-    "\"\"\"Utilities for working with ",
-    "        except KeyError:\n",
-    "from collections import namedtuple\n\n",
-]
-
-
-def median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -19,14 +19,7 @@ PROMPTS = ["def main():\n", "import", "x", "class Foo(object):\n    def __init__
 FALSE_ALARM_RATE = 1e-3  # per chi-square test: with a correct sampler it fails on 1 seed in 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are all per-op overhead: a second thread only adds contention (and on a
-    shared 2-core machine, OpenMP spin-waits make it 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pair(vocab_size: int = VOCAB_SIZE, noise: float = 0.15, seed: int = 0, dtype=torch.float64):

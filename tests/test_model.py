@@ -13,14 +13,7 @@ from specdecode.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, tokenizer
 ATOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are all per-op overhead: a second thread only adds contention (and on a
-    shared 2-core machine, OpenMP spin-waits make it 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(n_kv_heads: int = 2, seed: int = 0) -> Transformer:
