@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import math
 import os
@@ -110,14 +109,6 @@ def as_markdown(printed: str) -> str:
     return "\n".join(lines)
 
 
-def optional_module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
-
 # ----------------------------------------------------------------------------- op microbenchmarks
 
 
@@ -165,10 +156,7 @@ def section_pruning(quick: bool) -> Section:
                 "`sd.topk_prune` (checks + alpha -> k + kept indices), and a per-prompt `torch.topk` loop. Floor = "
                 "(rewards read + mask written) / copy bandwidth measured here: far below the call overhead, so "
                 "these times are launch/overhead-bound, not bandwidth-bound.")
-    module = optional_module("bench.bench_pruning")
-    if module is None:
-        s.text("bench/bench_pruning.py is not in the tree: section skipped.")
-        return s
+    from bench import bench_pruning as module
     _, text = call_main(module, quick)
     rows = _parse_whitespace_rows(text, 7)
     if not rows:
@@ -191,14 +179,7 @@ def section_compaction(quick: bool) -> Section:
     s = Section("KV-cache compaction microbenchmark (CPU)",
                 "Median time of `sd.compact_kv_cache_` (in place) vs `index_select` + `copy_` on 32-64 MiB caches, "
                 "and the floor: a plain `copy_` of exactly the bytes that must move (rows with kept[i] != i).")
-    module = optional_module("bench.bench_compaction")
-    if module is None:
-        s.text("bench/bench_compaction.py is not in the tree: section skipped.")
-        return s
-    if not hasattr(module, "bench_case"):
-        _, text = call_main(module, quick)
-        s.code(text)
-        return s
+    from bench import bench_compaction as module
     reps, seconds = (3, 0.2) if quick else (10, 1.0)
     layouts = module.LAYOUTS[:1] if quick else module.LAYOUTS
     table = []
@@ -308,11 +289,8 @@ def section_e2e(quick: bool) -> Section:
                 "Tokens/s of `sd.speculative_generate` vs `sd.generate` on the shipped (target, draft) pair for "
                 "several K and batch sizes, mean accepted length, acceptance rate and the accepted-length "
                 "histogram (from `bench/bench_e2e.py`).")
-    module = optional_module("bench.bench_e2e")
+    from bench import bench_e2e as module
     from bench.seed_experiment import weights_available
-    if module is None:
-        s.text("bench/bench_e2e.py is not in the tree: section skipped.")
-        return s
     if not weights_available():
         s.text("Shipped weights (specdecode/weights/*.pt) not found: section skipped "
                "(train them with `python -m specdecode.train`).")
@@ -390,30 +368,27 @@ def section_spr(quick: bool) -> Section:
                 "Reward reached vs compute (tokens generated, wall time) for Best-of-N and Speculative Rejection "
                 "(from `bench/bench_best_of_n.py`), and the seed's Figure 2: the reward of a partial response at a "
                 "decision token tau against the final reward, with their correlation.")
-    module = optional_module("bench.bench_best_of_n")
-    if module is None:
-        s.text("bench/bench_best_of_n.py is not in the tree yet: the reward-vs-compute comparison is missing.")
-    else:
-        from bench import seed_experiment
-        argv = ((["--quick"] if quick else []) + (["--threads", str(THREADS)] if THREADS else [])
-                + (["--weights-dir", seed_experiment.WEIGHTS_DIR] if seed_experiment.WEIGHTS_DIR else []))
-        result, text = capture(module.main, argv)
-        s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
-        curves = spr_curves(result, text)
-        if curves["tokens"]:
-            s.image(plots.plot_reward_vs_compute(curves["tokens"], os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),
-                                                 "tokens generated (all candidates)"))
-        if curves["seconds"]:
-            s.image(plots.plot_reward_vs_compute(curves["seconds"], os.path.join(OUT_DIR, "spr_reward_vs_seconds.png"),
-                                                 "wall time (s)"))
-        for axis in ("tokens", "seconds"):
-            table = speedup_at_equal_reward(curves[axis])
-            if table:
-                s.table(["run", axis, "reward", f"Best-of-N {axis} for that reward", "speedup at equal reward"], table,
-                        f"**Speedup at equal reward ({axis}; Best-of-N interpolated log-linearly in {axis})**")
-                print_table(["run", axis, "reward", f"Best-of-N {axis}", "speedup"], table)
-        if not (curves["tokens"] or curves["seconds"]):
-            s.text("(No reward-vs-compute columns recognised in bench_best_of_n's output: no figure.)")
+    from bench import bench_best_of_n as module
+    from bench import seed_experiment
+    argv = ((["--quick"] if quick else []) + (["--threads", str(THREADS)] if THREADS else [])
+            + (["--weights-dir", seed_experiment.WEIGHTS_DIR] if seed_experiment.WEIGHTS_DIR else []))
+    result, text = capture(module.main, argv)
+    s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
+    curves = spr_curves(result, text)
+    if curves["tokens"]:
+        s.image(plots.plot_reward_vs_compute(curves["tokens"], os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),
+                                             "tokens generated (all candidates)"))
+    if curves["seconds"]:
+        s.image(plots.plot_reward_vs_compute(curves["seconds"], os.path.join(OUT_DIR, "spr_reward_vs_seconds.png"),
+                                             "wall time (s)"))
+    for axis in ("tokens", "seconds"):
+        table = speedup_at_equal_reward(curves[axis])
+        if table:
+            s.table(["run", axis, "reward", f"Best-of-N {axis} for that reward", "speedup at equal reward"], table,
+                    f"**Speedup at equal reward ({axis}; Best-of-N interpolated log-linearly in {axis})**")
+            print_table(["run", axis, "reward", f"Best-of-N {axis}", "speedup"], table)
+    if not (curves["tokens"] or curves["seconds"]):
+        s.text("(No reward-vs-compute columns recognised in bench_best_of_n's output: no figure.)")
     from bench.seed_experiment import weights_available
     if not weights_available():
         s.text("Partial vs final reward: shipped weights not found, skipped.")
