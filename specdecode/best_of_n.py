@@ -72,7 +72,7 @@ from torch import Tensor
 from specdecode.generate import Prompts, encode_prompts, logits_to_probs
 from specdecode.model import Transformer
 from specdecode.pruning import compact_kv_cache_, num_keep_from_alpha, topk_prune
-from specdecode.reference.rejection import philox4x32
+from specdecode.reference.rejection import inverse_cdf_sample, philox4x32
 from specdecode.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
 from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
 
@@ -197,7 +197,7 @@ class CandidateBatch:
         if self.temperature == 0:
             token = probs.argmax(-1)
         else:
-            token = _inverse_cdf(probs, self._uniforms_at_step()[self.cand])
+            token = inverse_cdf_sample(probs.double(), self._uniforms_at_step()[self.cand])
         self.logprob_sum += torch.log_softmax(self.logits.float(), -1)[rows, token].double()
         self.seq[rows, self.n] = token
         self.n += 1
@@ -256,13 +256,6 @@ def candidate_uniforms(seed: int, num_prompts: int, n: int, num_steps: int, firs
     t = torch.arange(first_step, first_step + num_steps, dtype=torch.int64)[None, None, :]
     word0, word1, _, _ = philox4x32(torch.tensor(seed, dtype=torch.int64), t, j, g, 0)
     return ((word0 >> 5) * 2 ** 26 + (word1 >> 6)).double() * 2.0 ** -53
-
-
-def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """Per row, the first id whose float64 CDF exceeds ``u * total``: a draw from ``probs``."""
-    cdf = probs.double().cumsum(-1)
-    hit = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-    return hit.clamp_max(probs.shape[-1] - 1)
 
 
 # ---------------------------------------------------------------------------------------------
