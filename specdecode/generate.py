@@ -52,21 +52,39 @@ class GenerationOutput:
         return [tokenizer.decode(row[:n]) for row, n in zip(self.tokens.tolist(), self.num_tokens.tolist())]
 
 
-def load_pretrained(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+def default_dtypes(device: torch.device | str | None = None) -> tuple[torch.dtype, torch.dtype]:
+    """``(target, draft)`` dtypes ``load_pretrained`` uses by default.
+
+    The target runs in bf16 (its weights ship in bf16) wherever bf16 matmuls are fast (CUDA, or
+    a CPU with AMX tiles): its forward is then bound by streaming its weights, so a (K+1)-token
+    verify costs about what a one-token step does, the regime speculative decoding is for.
+    Elsewhere bf16 matmuls are emulated and slow, so float32. The draft runs in float32: at
+    its size every forward is a few small launches, and bf16 only adds conversions to them."""
+    device = torch.device("cpu" if device is None else device)
+    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return (torch.bfloat16 if fast_bf16 else torch.float32), torch.float32
+
+
+def load_pretrained(device: torch.device | str | None = None,
+                    dtype: torch.dtype | tuple[torch.dtype, torch.dtype] | None = None,
                     weights_dir: str | None = None) -> tuple[Transformer, Transformer]:
     """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.train``), in eval
-    mode; ``weights_dir`` loads a pair trained with ``--out`` instead. Each model's
-    ``training_info`` holds the recipe and numbers the training run recorded."""
+    mode; ``weights_dir`` loads a pair trained with ``--out`` instead. ``dtype``: one dtype for
+    both, a ``(target, draft)`` pair, or ``None`` for ``default_dtypes(device)``; a model's
+    final norm and output head stay float32 under a narrower body (``Transformer.head_to_``).
+    Each model's ``training_info`` holds the recipe and numbers the training run recorded."""
     weights_dir = WEIGHTS_DIR if weights_dir is None else weights_dir
-    return tuple(load_model(os.path.join(weights_dir, f"{name}.pt"), device, dtype) for name in ("target", "draft"))
+    dtypes = default_dtypes(device) if dtype is None else dtype if isinstance(dtype, tuple) else (dtype, dtype)
+    return tuple(load_model(os.path.join(weights_dir, f"{name}.pt"), device, model_dtype)
+                 for name, model_dtype in zip(("target", "draft"), dtypes))
 
 
 def load_model(path: str, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Transformer:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = Transformer(ModelConfig(**checkpoint["config"]))
-    model.load_state_dict({k: v.to(dtype) for k, v in checkpoint["state_dict"].items()})
+    model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
     model.training_info = checkpoint.get("meta", {})
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).head_to_(torch.float32).eval()
 
 
 def encode_prompts(prompts: Prompts, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
@@ -156,10 +174,15 @@ def generate(model: Transformer, prompts: Prompts, max_new_tokens: int, temperat
     cache = model.new_cache(B, P + max_new_tokens)
     buffer = torch.full((B, P + max_new_tokens + 1), PAD_ID, dtype=torch.int64, device=device)
     buffer[:, :P] = ids
-    logits = model(ids, torch.zeros_like(lengths), cache)[rows, lengths - 1]  # (B, V) at each row's end
     n, num_new = lengths.clone(), torch.zeros_like(lengths)
+    # Prefill all but each row's last token, which the first step feeds, as speculative_generate
+    # does: every position either loop reads back is then computed by the same kind of forward
+    # (matmul kernels are not batch-shape invariant, so this keeps greedy outputs comparable).
+    if P > 1:
+        model(ids[:, :-1], torch.zeros_like(lengths), cache)
+    logits = model(buffer[rows, n - 1][:, None], n - 1, cache)[:, -1]  # (B, V) at each row's end
     active = torch.ones(B, dtype=torch.bool, device=device)
-    forwards = 1
+    forwards = 1 + int(P > 1)
     for step in range(max_new_tokens):
         token = sample_from(logits_to_probs(logits, temperature), temperature, generator)
         token = torch.where(active, token, PAD_ID)  # frozen rows feed PAD at their frozen position

@@ -194,10 +194,24 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the body (embeddings, blocks, KV cache); the head may be wider."""
+        return self.tok_embeddings.weight.dtype
+
+    def head_to_(self, dtype: torch.dtype) -> "Transformer":
+        """Keep the final norm and the output projection in ``dtype`` (e.g. float32 under a
+        bf16 body): logits rounded to bf16 tie often (8-bit mantissa), and a tie broken one
+        way in a one-token step and the other way in a (K+1)-token verify would change a
+        greedy token. ``forward`` casts the last hidden state to the head's dtype."""
+        self.norm.to(dtype)
+        self.output.to(dtype)
+        return self
+
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
         """A zeroed cache for up to ``batch_size`` rows of ``max_seq_len`` positions, in the
         model's dtype and device."""
-        c, w = self.config, self.output.weight
+        c, w = self.config, self.tok_embeddings.weight
         max_seq_len = c.max_seq_len if max_seq_len is None else max_seq_len
         if max_seq_len > c.max_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range {c.max_seq_len}")
@@ -226,12 +240,12 @@ class Transformer(nn.Module):
         else:
             key_pos = torch.arange(cache.max_seq_len, device=tokens.device) if cache is not None else input_pos
             mask = key_pos.expand(B, -1)[:, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, S)
-        cos = self.rope_cos[input_pos][:, :, None, :].to(self.output.weight.dtype)  # (B, T, 1, D/2)
-        sin = self.rope_sin[input_pos][:, :, None, :].to(self.output.weight.dtype)
+        cos = self.rope_cos[input_pos][:, :, None, :].to(self.dtype)  # (B, T, 1, D/2)
+        sin = self.rope_sin[input_pos][:, :, None, :].to(self.dtype)
 
         x = self.tok_embeddings(tokens)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             cache_k = cache.k[i] if cache is not None else None
             cache_v = cache.v[i] if cache is not None else None
             x = layer(x, cos, sin, mask, input_pos, cache_k, cache_v)
-        return self.output(self.norm(x))  # (B, T, vocab)
+        return self.output(self.norm(x.to(self.output.weight.dtype)))  # (B, T, vocab)

@@ -165,7 +165,7 @@ class RewardModel(nn.Module):
         trunk = {k: v for k, v in model.state_dict().items() if not k.startswith("output.")}
         missing = rm.load_state_dict(trunk, strict=False).missing_keys
         assert set(missing) <= {"head.weight", "head.bias"}, missing
-        return rm.to(device=model.output.weight.device, dtype=model.output.weight.dtype)
+        return rm.to(device=model.output.weight.device, dtype=model.dtype)
 
     @torch.no_grad()
     def forward(self, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor | None = None) -> Tensor:

@@ -180,6 +180,15 @@ def test_chi_square_helper_rejects_a_wrong_distribution():
     assert math.isclose(chi_square_p_value(torch.tensor([0, 0, 1000]), torch.tensor([0.0, 0.0, 1.0])), 1.0)
 
 
+def test_pretrained_dtypes():
+    import specdecode as sd
+    target_dtype, draft_dtype = sd.default_dtypes("cpu")
+    assert draft_dtype == torch.float32
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    assert target_dtype == (torch.bfloat16 if amx else torch.float32)
+    assert sd.default_dtypes("cuda") == (torch.bfloat16, torch.float32)
+
+
 def test_shipped_pair_loads_and_decodes_losslessly():
     """The shipped weights (no training here): they load, agree often, and greedy speculative
     decoding reproduces plain greedy decoding on them too."""
@@ -190,6 +199,11 @@ def test_shipped_pair_loads_and_decodes_losslessly():
     if not os.path.exists(os.path.join(WEIGHTS_DIR, "target.pt")):
         pytest.skip("no shipped weights in this checkout")
     target, draft = sd.load_pretrained()
+    assert (target.dtype, draft.dtype) == sd.default_dtypes("cpu")
+    assert target.output.weight.dtype == draft.output.weight.dtype == torch.float32  # logits in fp32
+    for dtype in (torch.float32, (torch.float32, torch.bfloat16)):
+        pair = sd.load_pretrained(dtype=dtype)
+        assert [m.dtype for m in pair] == ([dtype, dtype] if isinstance(dtype, torch.dtype) else list(dtype))
     assert target.num_parameters() > 10 * draft.num_parameters()
     assert target.training_info["acceptance_greedy"] > 0.5
     prompts = ["import os\n", "class Foo:\n    def __init__(self"]

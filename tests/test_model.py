@@ -129,6 +129,28 @@ def test_cache_layout_and_bytes_per_token():
     assert cache.lengths.tolist() == [0, 0, 0]
 
 
+def test_narrow_body_with_a_float32_head():
+    """``head_to_``: a bf16 body (weights, activations, KV cache) under a float32 final norm and
+    output projection; logits come out float32 and agree with the all-float32 model to bf16
+    rounding, and a cached decode step still equals the no-cache forward in that mode."""
+    reference = tiny_model().float()
+    model = tiny_model().to(torch.bfloat16).head_to_(torch.float32)
+    assert model.dtype == torch.bfloat16 and model.output.weight.dtype == torch.float32
+    assert model.new_cache(1, 8).k[0].dtype == torch.bfloat16
+    tokens = torch.randint(0, 256, (2, 10))
+    with torch.no_grad():
+        logits = model(tokens)
+        want = reference(tokens)
+        cache = model.new_cache(2, 16)
+        model(tokens[:, :9], cache=cache)
+        step = model(tokens[:, 9:], torch.full((2,), 9), cache)
+    assert logits.dtype == torch.float32
+    scale = want.abs().max().item()
+    assert (logits - want).abs().max().item() < 0.05 * scale  # bf16 body: ~3 significant digits
+    assert (logits - want).abs().max().item() > 0  # and it is the bf16 body that ran
+    torch.testing.assert_close(step[:, 0], logits[:, 9], atol=0.02 * scale, rtol=0)
+
+
 def test_config_and_cache_errors():
     with pytest.raises(ValueError, match="n_heads"):
         ModelConfig(dim=30, n_heads=4)
