@@ -86,7 +86,7 @@ def kv_bytes_per_token(model: Transformer) -> int:
     """KV-cache bytes one position of one row occupies: layers x (K, V) x kv_heads x head_dim x
     element size, from the model's config and dtype (no cache allocated)."""
     c = model.config
-    return 2 * c.n_layers * c.n_kv_heads * c.head_dim * model.tok_embeddings.weight.element_size()
+    return 2 * c.n_layers * c.n_kv_heads * c.head_dim * model.kv_dtype.itemsize
 
 
 def max_candidates_for_budget(model: Transformer, prompts: Prompts, memory_budget: int,

@@ -71,7 +71,8 @@ def load_pretrained(device: torch.device | str | None = None,
     """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.train``), in eval
     mode; ``weights_dir`` loads a pair trained with ``--out`` instead. ``dtype``: one dtype for
     both, a ``(target, draft)`` pair, or ``None`` for ``default_dtypes(device)``; a model's
-    final norm and output head stay float32 under a narrower body (``Transformer.head_to_``).
+    cached attention, KV cache, final norm and output head stay float32 under a narrower body
+    (``Transformer.widen_``).
     Each model's ``training_info`` holds the recipe and numbers the training run recorded."""
     weights_dir = WEIGHTS_DIR if weights_dir is None else weights_dir
     dtypes = default_dtypes(device) if dtype is None else dtype if isinstance(dtype, tuple) else (dtype, dtype)
@@ -84,7 +85,7 @@ def load_model(path: str, device: torch.device | str | None = None, dtype: torch
     model = Transformer(ModelConfig(**checkpoint["config"]))
     model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
     model.training_info = checkpoint.get("meta", {})
-    return model.to(device=device, dtype=dtype).head_to_(torch.float32).eval()
+    return model.to(device=device, dtype=dtype).widen_(torch.float32).eval()
 
 
 def encode_prompts(prompts: Prompts, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:

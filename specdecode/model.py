@@ -135,13 +135,19 @@ class Attention(nn.Module):
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if cache_k is not None:
+            # The cache may be wider than the body (Transformer.widen_): attention then runs in
+            # the cache's dtype, so a position's output does not depend on how many tokens the
+            # forward carried (the CPU kernel's blocking over keys depends on T and S; in bf16
+            # that moves an output by an ulp, ~4e-3, enough to flip a near-tie of the logits
+            # between a one-token step and a (K+1)-token verify; in float32 by ~1e-7).
+            q, k, v = q.to(cache_k.dtype), k.to(cache_k.dtype), v.to(cache_k.dtype)
             rows = torch.arange(B, device=x.device)[:, None]
             cache_k[rows, input_pos] = k  # each row writes at its own positions
             cache_v[rows, input_pos] = v
             k, v = cache_k[:B], cache_v[:B]  # (B, S, Hkv, D): the mask hides what is not yet valid
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T or S, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
+                                           enable_gqa=self.n_kv_heads != self.n_heads).to(x.dtype)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -184,6 +190,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(config)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self._kv_dtype: torch.dtype | None = None  # see widen_
         self.apply(self._init_weights)
 
     @staticmethod
@@ -199,11 +206,19 @@ class Transformer(nn.Module):
         """The dtype of the body (embeddings, blocks, KV cache); the head may be wider."""
         return self.tok_embeddings.weight.dtype
 
-    def head_to_(self, dtype: torch.dtype) -> "Transformer":
-        """Keep the final norm and the output projection in ``dtype`` (e.g. float32 under a
-        bf16 body): logits rounded to bf16 tie often (8-bit mantissa), and a tie broken one
-        way in a one-token step and the other way in a (K+1)-token verify would change a
-        greedy token. ``forward`` casts the last hidden state to the head's dtype."""
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's dtype, in which cached attention runs: the body's unless widened."""
+        return self._kv_dtype or self.dtype
+
+    def widen_(self, dtype: torch.dtype = torch.float32) -> "Transformer":
+        """Under a narrower body (bf16 weights and matmuls), run the numerically sensitive parts
+        in ``dtype``: cached attention and its KV cache, the final norm and the output head.
+        Why: logits rounded to bf16 tie often (8-bit mantissa), and bf16 attention differs by
+        an ulp between a one-token step and a (K+1)-token verify, so a greedy token could differ
+        between plain and speculative decoding for reasons that have nothing to do with the
+        sampler. Costs little: the matmuls that stream the weights stay in the body's dtype."""
+        self._kv_dtype = dtype
         self.norm.to(dtype)
         self.output.to(dtype)
         return self
@@ -215,7 +230,7 @@ class Transformer(nn.Module):
         max_seq_len = c.max_seq_len if max_seq_len is None else max_seq_len
         if max_seq_len > c.max_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range {c.max_seq_len}")
-        return KVCache(c.n_layers, batch_size, max_seq_len, c.n_kv_heads, c.head_dim, w.dtype, w.device)
+        return KVCache(c.n_layers, batch_size, max_seq_len, c.n_kv_heads, c.head_dim, self.kv_dtype, w.device)
 
     def forward(self, tokens: Tensor, input_pos: Tensor | None = None,
                 cache: KVCache | None = None) -> Tensor:
