@@ -1,7 +1,7 @@
 """End to end on the shipped pair: plain vs speculative decoding, tokens/s, on CPU.
 
-    python -m bench.bench_e2e                 # batch sizes 1, 2, 4, 8, 16; K = 1..8; greedy and T=0.8 (~4 min)
-    python -m bench.bench_e2e --quick         # batch 1 and 4, K = 4, 6, greedy only (~15 s)
+    python -m bench.bench_e2e                 # batch sizes 1, 2, 4, 8, 16; K = 1..8; greedy and T=0.8 (~6 min)
+    python -m bench.bench_e2e --quick         # batch 1 and 4, K = 4, 6, greedy only (~30 s)
 
 One torch thread by default (``--threads``), see below.
 

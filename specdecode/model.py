@@ -136,10 +136,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if cache_k is not None:
             # The cache may be wider than the body (Transformer.widen_): attention then runs in
-            # the cache's dtype, so a position's output does not depend on how many tokens the
-            # forward carried (the CPU kernel's blocking over keys depends on T and S; in bf16
-            # that moves an output by an ulp, ~4e-3, enough to flip a near-tie of the logits
-            # between a one-token step and a (K+1)-token verify; in float32 by ~1e-7).
+            # the cache's dtype. The CPU kernel's blocking over keys depends on T and S, so a
+            # position's output differs between a one-token step and a (K+1)-token verify: in
+            # bf16 by an ulp (~4e-3), often enough to flip a near-tie of the logits; in float32
+            # by ~1e-6, which changes the bf16 rounding that follows far more rarely.
             q, k, v = q.to(cache_k.dtype), k.to(cache_k.dtype), v.to(cache_k.dtype)
             rows = torch.arange(B, device=x.device)[:, None]
             cache_k[rows, input_pos] = k  # each row writes at its own positions
@@ -215,9 +215,11 @@ class Transformer(nn.Module):
         """Under a narrower body (bf16 weights and matmuls), run the numerically sensitive parts
         in ``dtype``: cached attention and its KV cache, the final norm and the output head.
         Why: logits rounded to bf16 tie often (8-bit mantissa), and bf16 attention differs by
-        an ulp between a one-token step and a (K+1)-token verify, so a greedy token could differ
+        an ulp between a one-token step and a (K+1)-token verify, so greedy tokens differed
         between plain and speculative decoding for reasons that have nothing to do with the
-        sampler. Costs little: the matmuls that stream the weights stay in the body's dtype."""
+        sampler. This makes such flips rare, not impossible: no kernel here is bit-for-bit
+        invariant to the batch shape. Costs little: the matmuls that stream the weights stay
+        in the body's dtype."""
         self._kv_dtype = dtype
         self.norm.to(dtype)
         self.output.to(dtype)
