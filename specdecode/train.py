@@ -33,9 +33,9 @@ bit-for-bit reproducibility of this recipe was not re-checked):
   ``E[sum_x min(p, q)]`` 0.826, greedy argmax agreement 0.806;
 - wall time 2,245 s (37 min) with one thread, the other core mostly busy with other work.
 
-Forward cost at batch 1, one thread (``python -m bench.bench_e2e``): the target in bf16 9.9 ms
-for 1 token, 10.3 ms for 6, 11.3 ms for 9 (bound by streaming 45 MB of weights); the draft in
-float32 0.30 ms: 33x apart.
+Forward cost at batch 1, one thread (``python -m bench.bench_e2e``, the README's run): the target
+in bf16 11.6 ms for 1 token, 12.8 ms for 6, 13.2 ms for 9 (bound by streaming 45 MB of weights);
+the draft in float32 0.30 ms: about 39x apart.
 
 (An earlier shipped pair had a 4.4M-parameter float32 target, 6 layers of dim 256: its forward
 was dominated by per-operation overhead, only 9x the draft's and 1.3x dearer for 6 tokens than
@@ -61,7 +61,7 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
 # Sizes chosen so that the pair sits in the regime speculative decoding is for: the target's
 # forward (22M params, run in bf16) is bound by streaming its 45 MB of weights, so a (K+1)-token
-# verify costs about what one token does; the draft's is a few small launches, ~33x cheaper.
+# verify costs about what one token does; the draft's is a few small launches, ~39x cheaper.
 TARGET_CONFIG = ModelConfig(n_layers=8, dim=512, n_heads=8, n_kv_heads=2, max_seq_len=512)
 DRAFT_CONFIG = ModelConfig(n_layers=1, dim=128, n_heads=4, n_kv_heads=1, max_seq_len=512)
 
