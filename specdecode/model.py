@@ -203,7 +203,7 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the body (embeddings, blocks, KV cache); the head may be wider."""
+        """The dtype of the body (embeddings, blocks); ``widen_`` may make the rest wider."""
         return self.tok_embeddings.weight.dtype
 
     @property
@@ -227,7 +227,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
         """A zeroed cache for up to ``batch_size`` rows of ``max_seq_len`` positions, in the
-        model's dtype and device."""
+        model's ``kv_dtype`` and device."""
         c, w = self.config, self.tok_embeddings.weight
         max_seq_len = c.max_seq_len if max_seq_len is None else max_seq_len
         if max_seq_len > c.max_seq_len:
