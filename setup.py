@@ -26,9 +26,9 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["specdecode", "specdecode.reference", "specdecode.kernels"],
+    packages=["specdecode", "specdecode.ops", "specdecode.reference", "specdecode.decoder", "specdecode.kernels"],
     package_dir={"specdecode": "specdecode", "specdecode.kernels": "kernels"},
-    package_data={"specdecode": ["weights/*.pt"]},
+    package_data={"specdecode.decoder": ["weights/*.pt", "weights/*.txt"]},
     ext_modules=[
         CppExtension(
             "specdecode._C",

@@ -113,7 +113,7 @@ def as_markdown(printed: str) -> str:
 
 
 def section_verifier(quick: bool) -> Section:
-    from bench import bench_rejection as br
+    from bench import bench_rejection_sample as br
 
     s = Section("Verifier microbenchmark (CPU)",
                 "Median time of one `rejection_sample` call: the C++ op (`specdecode`) vs the pure-PyTorch "
@@ -156,13 +156,13 @@ def section_pruning(quick: bool) -> Section:
                 "`sd.topk_prune` (checks + alpha -> k + kept indices), and a per-prompt `torch.topk` loop. Floor = "
                 "(rewards read + mask written) / copy bandwidth measured here: far below the call overhead, so "
                 "these times are launch/overhead-bound, not bandwidth-bound.")
-    from bench import bench_pruning as module
+    from bench import bench_topk_prune as module
     _, text = call_main(module, quick)
     rows = _parse_whitespace_rows(text, 7)
     if not rows:
         s.code(text)
         return s
-    from bench.bench_rejection import copy_bandwidth_gbs
+    from bench.bench_rejection_sample import copy_bandwidth_gbs
 
     table = []
     for P, n, t_op, t_public, t_loop, loop_op, loop_public in rows:
@@ -179,7 +179,7 @@ def section_compaction(quick: bool) -> Section:
     s = Section("KV-cache compaction microbenchmark (CPU)",
                 "Median time of `sd.compact_kv_cache_` (in place) vs `index_select` + `copy_` on 32-64 MiB caches, "
                 "and the floor: a plain `copy_` of exactly the bytes that must move (rows with kept[i] != i).")
-    from bench import bench_compaction as module
+    from bench import bench_compact_kv as module
     reps, seconds = (3, 0.2) if quick else (10, 1.0)
     layouts = module.LAYOUTS[:1] if quick else module.LAYOUTS
     table = []
@@ -220,7 +220,7 @@ def section_gpu(quick: bool) -> Section:
                f"{', '.join(spilling) if spilling else 'none'}. Without any 16-byte load: "
                f"{', '.join(narrow) if narrow else 'none'}.")
     print("\n" + summary, flush=True)
-    s.text(summary + " (Narrow-only cases are expected for `topk_prune_mask`, which reads one reward per lane "
+    s.text(summary + " (Narrow-only cases are expected for `topk_prune`, which reads one reward per lane "
            "and is launch-bound, and for the BLOCK=128 compaction tile, whose 128 lanes cover head_dim-sized runs; "
            "any other streaming kernel without 16-byte loads reads its rows with narrow loads.)")
     s.table(gpu_report.COMPILE_HEADER, out["compile_table"], "**Compiled kernels**")
@@ -292,8 +292,8 @@ def section_e2e(quick: bool) -> Section:
     from bench import bench_e2e as module
     from bench.seed_experiment import weights_available
     if not weights_available():
-        s.text("Shipped weights (specdecode/weights/*.pt) not found: section skipped "
-               "(train them with `python -m specdecode.train`).")
+        s.text("Shipped weights (specdecode/decoder/weights/*.pt) not found: section skipped "
+               "(train them with `python -m specdecode.decoder.train`).")
         return s
     _, text = call_main(module, quick)
     s.text(as_markdown(text))  # its markdown tables, as printed
@@ -339,8 +339,8 @@ def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, taus: tup
     Returns per ``tau``: the pooled points, their prompt, and both correlations."""
     from bench.prompts import PROMPTS
     from bench.seed_experiment import load_pair
-    from specdecode.best_of_n import speculative_rejection
-    from specdecode.rewards import LogLikelihoodReward
+    from specdecode.decoder.best_of_n import speculative_rejection
+    from specdecode.decoder.rewards import LogLikelihoodReward
 
     target, _ = load_pair()
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_prompts)]

@@ -7,7 +7,7 @@
 All prompts of a run share one batch. The reward is the target's mean log-likelihood of the
 response (the paper's Table 2 setting: higher reward = lower perplexity), or ``--reward rm``:
 a reward model whose trunk is the target's and whose head is random (a stand-in, see
-``specdecode.rewards.RewardModel``). Speculative Rejection decides by memory, as the paper
+``specdecode.decoder.rewards.RewardModel``). Speculative Rejection decides by memory, as the paper
 does: its budget is the KV of its N candidates holding the prompt plus ``max_new_tokens / 4``
 tokens, so it prunes early, and again whenever the survivors' KV outgrows the budget.
 
@@ -37,7 +37,7 @@ import torch
 from bench.prompts import PROMPTS
 
 import specdecode as sd
-from specdecode.best_of_n import kv_bytes_per_token
+from specdecode.decoder.best_of_n import kv_bytes_per_token
 
 
 def memory_budget_for(model, prompts, n: int, tokens_per_row: int) -> int:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine OpenMP threads spinning against "
                              "other processes made a 2-thread run 13x slower than a 1-thread one)")
-    parser.add_argument("--weights-dir", help="a pair trained with python -m specdecode.train --out DIR")
+    parser.add_argument("--weights-dir", help="a pair trained with python -m specdecode.decoder.train --out DIR")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)  # restored below: a report runner may call main() in-process
@@ -169,11 +169,11 @@ def _main(args) -> list[dict]:
     alphas = args.alphas or ([0.5, 0.9] if args.quick else [0.3, 0.5, 0.7, 0.9])
     max_new = args.max_new_tokens or (32 if args.quick else 64)
     prompts = PROMPTS[:args.num_prompts or (4 if args.quick else 8)]
-    from specdecode.generate import WEIGHTS_DIR
+    from specdecode.decoder.generate import WEIGHTS_DIR
 
     weights_dir = args.weights_dir or WEIGHTS_DIR
     if not all(os.path.exists(os.path.join(weights_dir, f"{m}.pt")) for m in ("target", "draft")):
-        print(f"weights not found in {weights_dir}: train them with python -m specdecode.train")
+        print(f"weights not found in {weights_dir}: train them with python -m specdecode.decoder.train")
         return []
     print(f"Speculative Rejection vs Best-of-N: {len(prompts)} prompts in one batch, up to {max_new} new tokens, "
           f"T = 1, reward = {args.reward}, seed {args.seed}, torch {torch.__version__}, "

@@ -27,18 +27,18 @@ import torch
 
 import specdecode as sd
 from specdecode.stats import chi2_sf, chi_square
-from specdecode.tokenizer import tokenizer
+from specdecode.decoder.tokenizer import tokenizer
 
 SEED_REPORTED_STD = 9.694e-5
 TOP = 10  # the seed's figures show a handful of top tokens; its std is at their noise level
-WEIGHTS_DIR: str | None = None  # None: the shipped pair; else a directory from `specdecode.train --out`
+WEIGHTS_DIR: str | None = None  # None: the shipped pair; else a directory from `specdecode.decoder.train --out`
 # A prefix where the next byte is genuinely uncertain (entropy ~2.3 nats), as for the seed's prompts.
 PROMPT = "class Queue:\n    def __init__(self, maxsize=0):\n        self."
 GREEDY_PROMPTS = ["def _check_arg(name, value):\n    if not isinstance(value, str):\n",
                   "class Queue:\n    def __init__(self, maxsize=0):\n"]
 
 def weights_available() -> bool:
-    from specdecode.generate import WEIGHTS_DIR as SHIPPED
+    from specdecode.decoder.generate import WEIGHTS_DIR as SHIPPED
     return all(os.path.exists(os.path.join(WEIGHTS_DIR or SHIPPED, f"{m}.pt")) for m in ("target", "draft"))
 
 
@@ -73,7 +73,7 @@ def pairs() -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], str | None]:
     """The four (name, p, q) pairs, and a note when the model pair is missing."""
     out = synthetic_pairs()
     if not weights_available():
-        return out, "shipped weights not found (specdecode/weights/*.pt): the model pair is skipped"
+        return out, "shipped weights not found (specdecode/decoder/weights/*.pt): the model pair is skipped"
     p, q = model_pair()
     out.append((f"shipped pair, next byte after ...{PROMPT[-14:]!r}, V={q.numel()}", p, q))
     return out, None

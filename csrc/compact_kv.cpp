@@ -1,6 +1,6 @@
-// CPU kernel of torch.ops.specdecode.compact_rows_: in-place, order-preserving compaction of the
+// CPU kernel of torch.ops.specdecode.compact_kv_: in-place, order-preserving compaction of the
 // rows of one tensor along `batch_dim` (the KV-cache half of Speculative Rejection; the reference
-// is specdecode/reference/pruning.py::compact). Row kept_indices[i] moves to row i.
+// is specdecode/reference/compact_kv.py). Row kept_indices[i] moves to row i.
 //
 // Why there is no race, and no scratch:
 //   kept_indices is strictly ascending, so kept[i] >= i: every destination row is at or before
@@ -59,7 +59,7 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
     if (d != batch_dim) row_dims.push_back({data.size(d), data.stride(d)});
   }
   TORCH_CHECK(is_non_overlapping(all_dims),
-              "compact_rows_: the tensor's elements overlap or interleave in memory (e.g. an expanded "
+              "compact_kv_: the tensor's elements overlap or interleave in memory (e.g. an expanded "
               "view); it cannot be compacted in place");
   // Memory order (largest stride first), then merge dims that continue each other.
   std::sort(row_dims.begin(), row_dims.end(), [](const Dim& a, const Dim& b) { return a.stride > b.stride; });
@@ -78,7 +78,7 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
     merged.pop_back();
   }
   TORCH_CHECK(merged.size() <= 2,
-              "compact_rows_: a row of this tensor is not [outer, mid, contiguous inner] in memory (", merged.size(),
+              "compact_kv_: a row of this tensor is not [outer, mid, contiguous inner] in memory (", merged.size(),
               " strided dims after merging); compaction in place supports at most two");
   if (merged.size() >= 1) layout.outer = merged[0].size, layout.outer_stride = merged[0].stride;
   if (merged.size() == 2) layout.mid = merged[1].size, layout.mid_stride = merged[1].stride;
@@ -86,13 +86,13 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
 }
 
 void check_kept_indices(const at::Tensor& kept, int64_t num_rows) {
-  TORCH_CHECK(kept.dim() == 1 && kept.scalar_type() == at::kLong, "compact_rows_: kept_indices must be 1-D int64");
-  TORCH_CHECK(kept.numel() <= num_rows, "compact_rows_: ", kept.numel(), " kept indices for only ", num_rows, " rows");
+  TORCH_CHECK(kept.dim() == 1 && kept.scalar_type() == at::kLong, "compact_kv_: kept_indices must be 1-D int64");
+  TORCH_CHECK(kept.numel() <= num_rows, "compact_kv_: ", kept.numel(), " kept indices for only ", num_rows, " rows");
   const int64_t* idx = kept.data_ptr<int64_t>();
   for (int64_t i = 0; i < kept.numel(); ++i) {
-    TORCH_CHECK(idx[i] >= 0 && idx[i] < num_rows, "compact_rows_: kept_indices[", i, "] = ", idx[i],
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < num_rows, "compact_kv_: kept_indices[", i, "] = ", idx[i],
                 " is outside [0, ", num_rows, ")");
-    TORCH_CHECK(i == 0 || idx[i] > idx[i - 1], "compact_rows_: kept_indices must be strictly ascending (no "
+    TORCH_CHECK(i == 0 || idx[i] > idx[i - 1], "compact_kv_: kept_indices must be strictly ascending (no "
                 "duplicates); kept_indices[", i - 1, "] = ", idx[i - 1], ", kept_indices[", i, "] = ", idx[i]);
   }
 }
@@ -111,8 +111,8 @@ void for_each_run(const RowLayout& L, int64_t element_size, int64_t begin, int64
   }
 }
 
-void compact_rows_cpu(const at::Tensor& data, const at::Tensor& kept_indices_in, int64_t batch_dim) {
-  TORCH_CHECK(data.dim() >= 1, "compact_rows_: data must have at least one dimension");
+void compact_kv_cpu(const at::Tensor& data, const at::Tensor& kept_indices_in, int64_t batch_dim) {
+  TORCH_CHECK(data.dim() >= 1, "compact_kv_: data must have at least one dimension");
   batch_dim = at::maybe_wrap_dim(batch_dim, data.dim());
   const auto kept_indices = kept_indices_in.contiguous();
   const int64_t num_rows = data.size(batch_dim), num_kept = kept_indices.numel();
@@ -142,9 +142,9 @@ void compact_rows_cpu(const at::Tensor& data, const at::Tensor& kept_indices_in,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(specdecode, m) {
-  m.def("compact_rows_(Tensor(a!) data, Tensor kept_indices, int batch_dim) -> ()");
+  m.def("compact_kv_(Tensor(a!) data, Tensor kept_indices, int batch_dim) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(specdecode, CPU, m) { m.impl("compact_rows_", &compact_rows_cpu); }
+TORCH_LIBRARY_IMPL(specdecode, CPU, m) { m.impl("compact_kv_", &compact_kv_cpu); }
 
 }  // namespace specdecode

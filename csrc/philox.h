@@ -1,4 +1,4 @@
-// Philox4x32-10, bit-identical to Triton's tl.philox and to specdecode/reference/rejection.py,
+// Philox4x32-10, bit-identical to Triton's tl.philox and to specdecode/core.py (philox4x32),
 // so the CPU and CUDA kernels draw the same uniforms for the same (seed, counter).
 #pragma once
 #include <cstdint>

@@ -1,5 +1,5 @@
 // CPU kernel of torch.ops.specdecode.rejection_sample: lossless speculative sampling.
-// The algorithm is specdecode/reference/rejection.py (read its docstring first); this file
+// The algorithm is specdecode/reference/rejection_sample.py (read its docstring first); this file
 // follows it row by row, with OpenMP across rows. Per row it reads the K gathered
 // probabilities, then only the one target row (and draft row) it samples the emitted token from.
 #include <ATen/ATen.h>

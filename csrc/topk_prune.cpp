@@ -1,5 +1,5 @@
-// CPU kernel of torch.ops.specdecode.topk_prune_mask: batched per-prompt top-k reward pruning.
-// The ranking is specdecode/reference/pruning.py (read its docstring): per group, the num_keep
+// CPU kernel of torch.ops.specdecode.topk_prune: batched per-prompt top-k reward pruning.
+// The ranking is specdecode/reference/topk_prune.py (read its docstring): per group, the num_keep
 // best rewards, NaN below every number, ties to the lower index. Groups run in parallel
 // (OpenMP); inside a group one nth_element over packed 64-bit keys selects the survivors.
 #include <ATen/ATen.h>
@@ -49,17 +49,17 @@ void prune_group(const scalar_t* rewards, int64_t size, int64_t keep, bool* keep
 }
 
 void check_inputs(const at::Tensor& rewards, const at::Tensor& group_sizes, const at::Tensor& num_keep) {
-  TORCH_CHECK(rewards.dim() == 1, "topk_prune_mask: rewards must be 1-D [N], got ", rewards.sizes());
-  TORCH_CHECK(at::isFloatingType(rewards.scalar_type()), "topk_prune_mask: rewards must be floating point");
+  TORCH_CHECK(rewards.dim() == 1, "topk_prune: rewards must be 1-D [N], got ", rewards.sizes());
+  TORCH_CHECK(at::isFloatingType(rewards.scalar_type()), "topk_prune: rewards must be floating point");
   for (const auto* t : {&group_sizes, &num_keep}) {
     TORCH_CHECK(t->dim() == 1 && t->scalar_type() == at::kLong,
-                "topk_prune_mask: group_sizes and num_keep must be 1-D int64 tensors");
+                "topk_prune: group_sizes and num_keep must be 1-D int64 tensors");
   }
-  TORCH_CHECK(group_sizes.size(0) == num_keep.size(0), "topk_prune_mask: group_sizes has ", group_sizes.size(0),
+  TORCH_CHECK(group_sizes.size(0) == num_keep.size(0), "topk_prune: group_sizes has ", group_sizes.size(0),
               " groups but num_keep has ", num_keep.size(0));
 }
 
-at::Tensor topk_prune_mask_cpu(const at::Tensor& rewards_in, const at::Tensor& group_sizes_in,
+at::Tensor topk_prune_cpu(const at::Tensor& rewards_in, const at::Tensor& group_sizes_in,
                                const at::Tensor& num_keep_in) {
   check_inputs(rewards_in, group_sizes_in, num_keep_in);
   const auto rewards = rewards_in.contiguous();
@@ -72,20 +72,20 @@ at::Tensor topk_prune_mask_cpu(const at::Tensor& rewards_in, const at::Tensor& g
   // Values are on the host here, so the checks the CUDA path leaves to validate=True are free.
   std::vector<int64_t> starts(P + 1, 0);
   for (int64_t g = 0; g < P; ++g) {
-    TORCH_CHECK(sizes[g] >= 0, "topk_prune_mask: group_sizes[", g, "] = ", sizes[g], " is negative");
-    TORCH_CHECK(keeps[g] >= 0 && keeps[g] <= sizes[g], "topk_prune_mask: num_keep[", g, "] = ", keeps[g],
+    TORCH_CHECK(sizes[g] >= 0, "topk_prune: group_sizes[", g, "] = ", sizes[g], " is negative");
+    TORCH_CHECK(keeps[g] >= 0 && keeps[g] <= sizes[g], "topk_prune: num_keep[", g, "] = ", keeps[g],
                 " is outside [0, group size ", sizes[g], "]");
     starts[g + 1] = starts[g] + sizes[g];
   }
-  TORCH_CHECK(starts[P] == N, "topk_prune_mask: group_sizes sum to ", starts[P], " but there are ", N, " rewards");
-  TORCH_CHECK(N < (int64_t{1} << 32), "topk_prune_mask: at most 2^32 - 1 candidates");
+  TORCH_CHECK(starts[P] == N, "topk_prune: group_sizes sum to ", starts[P], " but there are ", N, " rewards");
+  TORCH_CHECK(N < (int64_t{1} << 32), "topk_prune: at most 2^32 - 1 candidates");
 
   // Threads only pay off for enough candidates per thread: below that, waking a second thread
   // costs more than the selection (and a busy core turns the wait into a scheduler slice).
   const int64_t grain = std::max<int64_t>(1, kMinCandidatesPerThread * P / std::max<int64_t>(N, 1));
   auto keep_mask = at::empty({N}, rewards.options().dtype(at::kBool));
   bool* mask = keep_mask.data_ptr<bool>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rewards.scalar_type(), "topk_prune_mask_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rewards.scalar_type(), "topk_prune_cpu", [&] {
     const scalar_t* values = rewards.data_ptr<scalar_t>();
     at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
       // Packed keys of one group. Kept per thread across calls (it only grows, to the largest
@@ -102,9 +102,9 @@ at::Tensor topk_prune_mask_cpu(const at::Tensor& rewards_in, const at::Tensor& g
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(specdecode, m) {
-  m.def("topk_prune_mask(Tensor rewards, Tensor group_sizes, Tensor num_keep) -> Tensor keep_mask");
+  m.def("topk_prune(Tensor rewards, Tensor group_sizes, Tensor num_keep) -> Tensor keep_mask");
 }
 
-TORCH_LIBRARY_IMPL(specdecode, CPU, m) { m.impl("topk_prune_mask", &topk_prune_mask_cpu); }
+TORCH_LIBRARY_IMPL(specdecode, CPU, m) { m.impl("topk_prune", &topk_prune_cpu); }
 
 }  // namespace specdecode

@@ -1,7 +1,7 @@
-"""Triton kernel for in-place, order-preserving row compaction (``compact_rows_``).
+"""Triton kernel for in-place, order-preserving row compaction (``compact_kv_``).
 
 Row ``kept[i]`` along the batch dim moves to row ``i``. The reference is
-``specdecode/reference/pruning.py::compact``; ``csrc/compact_kv.cpp`` is the CPU twin.
+``specdecode/reference/compact_kv.py``; ``csrc/compact_kv.cpp`` is the CPU twin.
 
 Why the parallel kernel has no race, and needs no scratch: ``kept`` is strictly ascending, so
 ``kept[i] >= i`` -- every destination is at or before its source. One *sequential* pass in
@@ -21,19 +21,21 @@ written once; rows already in place (``kept[i] == i``) are not touched; rows ``>
 written.
 
 Small tensors (survivors of at most ``SMALL_SCRATCH_BYTES`` in all) skip the kernel: a gather
-into a scratch of that size and a copy back, both fully parallel (see ``compact_rows_``).
+into a scratch of that size and a copy back, both fully parallel (see ``compact_kv_``).
 
 Any dtype: the tensor is addressed as words of its element size (int8/16/32/64; 16-byte
 elements as two int64 words), so bits move unchanged (NaN payloads, int8 quantised caches).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from specdecode.core import row_layout  # the one layout rule, shared with the public checks
+
+from . import is_interpreting
 from ._aot import AotCase
 
 
@@ -50,7 +52,7 @@ def _source_row(kept_ptr, row, num_kept, num_rows, lanes, lanes_in_run):
 
 
 @triton.jit
-def _compact_rows_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
+def _compact_kv_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
                          mid, outer_stride, mid_stride, inner, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     tiles_per_run = tl.cdiv(inner, BLOCK)
@@ -80,10 +82,6 @@ def _compact_rows_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
         tl.store(data_ptr + (row + 3) * batch_stride + columns, values3, mask=active3)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 NUM_WARPS = 4
 _WORD_DTYPES = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _TILE_BYTES = 4096  # per program and row: 32 bytes per lane at 4 warps; four rows in flight
@@ -92,7 +90,7 @@ _TILE_BYTES = 4096  # per program and row: 32 bytes per lane at 4 warps; four ro
 def block_size(inner_words: int, word_bytes: int, interpreting: bool | None = None) -> int:
     """Tile width in words: 4 KiB on GPU (the interpreter pays per tile: 128 KiB), never much
     wider than the contiguous run."""
-    interpreting = _interpreting() if interpreting is None else interpreting
+    interpreting = is_interpreting() if interpreting is None else interpreting
     cap = (_TILE_BYTES * (32 if interpreting else 1)) // word_bytes
     return max(16, min(triton.next_power_of_2(max(inner_words, 1)), cap))
 
@@ -102,7 +100,7 @@ def _word_view(data: torch.Tensor) -> tuple[torch.Tensor, int]:
     element_bytes = data.element_size()
     word_bytes = element_bytes if element_bytes in _WORD_DTYPES else 8
     if element_bytes % word_bytes:
-        raise TypeError(f"compact_rows_: element size {element_bytes} bytes is not supported on this device")
+        raise TypeError(f"compact_kv_: element size {element_bytes} bytes is not supported on this device")
     per_element = element_bytes // word_bytes
     storage = data.untyped_storage()
     offset = data.storage_offset() * per_element
@@ -118,16 +116,14 @@ def _word_view(data: torch.Tensor) -> tuple[torch.Tensor, int]:
 SMALL_SCRATCH_BYTES = 1 << 20
 
 
-def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, block: int | None = None,
+def compact_kv_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, block: int | None = None,
                   scratch_bytes: int = SMALL_SCRATCH_BYTES) -> None:
-    """Launch the compaction. Arguments as ``torch.ops.specdecode.compact_rows_``: ``data`` any
+    """Launch the compaction. Arguments as ``torch.ops.specdecode.compact_kv_``: ``data`` any
     dtype and rank, ``kept_indices [N']`` int64 on the same device (strictly ascending; values
     are the caller's to check), ``batch_dim`` the row dim. Raises ``ValueError`` for layouts that
     cannot be compacted in place. ``block`` overrides the tile width (words); survivors totalling
     at most ``scratch_bytes`` go through a gather into scratch instead (0: always the kernel).
     No host sync."""
-    from specdecode.pruning import row_layout  # the one layout rule, shared with the public checks
-
     layout = row_layout(data, batch_dim)
     num_kept = kept_indices.numel()
     if num_kept == 0 or data.numel() == 0:
@@ -142,7 +138,7 @@ def compact_rows_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int
     inner = layout.inner * per_element
     block = block or block_size(inner, words.element_size())
     grid = (layout.outer * layout.mid * triton.cdiv(inner, block),)
-    _compact_rows_kernel[grid](
+    _compact_kv_kernel[grid](
         words, kept_indices.contiguous(), num_kept, num_rows, layout.batch_stride * per_element,
         layout.mid, layout.outer_stride * per_element, layout.mid_stride * per_element, inner,
         BLOCK=block, num_warps=NUM_WARPS)
@@ -158,7 +154,7 @@ def aot_cases() -> list[AotCase]:
             signature = {"data_ptr": pointer, "kept_ptr": "*i64", "num_kept": "i32", "num_rows": "i32",
                          "batch_stride": "i64", "mid": "i32", "outer_stride": "i64", "mid_stride": "i64",
                          "inner": "i32", "BLOCK": "constexpr"}
-            cases.append(AotCase(f"compact_rows_[{str(word_dtype)[6:]},BLOCK={block}]", _compact_rows_kernel,
+            cases.append(AotCase(f"compact_kv_[{str(word_dtype)[6:]},BLOCK={block}]", _compact_kv_kernel,
                                  signature, {"BLOCK": block}, NUM_WARPS,
                                  divisible_by_16=("data_ptr", "kept_ptr", "batch_stride", "outer_stride",
                                                   "mid_stride", "inner")))

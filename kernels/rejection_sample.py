@@ -1,18 +1,18 @@
 """Triton kernel for lossless speculative sampling: acceptance + residual/bonus sampling, fused.
 
-The algorithm and the random stream are those of ``specdecode/reference/rejection.py``. One
+The algorithm and the random stream are those of ``specdecode/reference/rejection_sample.py``. One
 program verifies one row: it gathers ``q`` and ``p`` at the K draft tokens (a full pass over
 ``q_i`` only for greedy rows, to find ``argmax q_i``), stops at the first rejection, then streams
 the single target row (and draft row) it samples from. ``max(0, q - p)`` is never materialised.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreting
 from ._aot import AotCase
 
 # 2**-24: uniforms are the top 24 bits of a Philox word, exact in float32.
@@ -159,16 +159,12 @@ def _rejection_sample_kernel(
     tl.store(num_accepted_ptr + row, num_accepted.to(tl.int64))
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def default_block_v(vocab_size: int, element_size: int = 4, interpreting: bool | None = None) -> int:
     """Tile width over the vocabulary: 8 KiB of probabilities per tile (2048 fp32 or 4096
     bf16/fp16 lanes), so every thread of 8 warps loads 16 contiguous bytes per row even on
     64-wide AMD wavefronts, with no spills on sm_80/sm_90/gfx942 (4 warps spilled on sm_80).
     The interpreter pays per tile, so it takes the whole row."""
-    interpreting = _interpreting() if interpreting is None else interpreting
+    interpreting = is_interpreting() if interpreting is None else interpreting
     cap = 65536 if interpreting else 8192 // element_size
     return min(triton.next_power_of_2(vocab_size), cap)
 

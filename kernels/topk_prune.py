@@ -1,6 +1,6 @@
-"""Triton kernel for batched per-prompt top-k reward pruning (``topk_prune_mask``).
+"""Triton kernel for batched per-prompt top-k reward pruning (``topk_prune``).
 
-The ranking is ``specdecode/reference/pruning.py``: per group the ``num_keep`` best rewards,
+The ranking is ``specdecode/reference/topk_prune.py``: per group the ``num_keep`` best rewards,
 NaN below every number, ties to the lower index. One program prunes one group, by radix
 selection instead of a sort, so a group of any size streams through fixed-size tiles:
 
@@ -18,12 +18,12 @@ The public wrapper rejects such inputs before launching.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreting
 from ._aot import AotCase
 
 
@@ -40,7 +40,7 @@ def _reward_keys(rewards_ptr, offs, valid):
 
 
 @triton.jit
-def _topk_prune_mask_kernel(rewards_ptr, group_starts_ptr, group_sizes_ptr, num_keep_ptr, keep_mask_ptr,
+def _topk_prune_kernel(rewards_ptr, group_starts_ptr, group_sizes_ptr, num_keep_ptr, keep_mask_ptr,
                             N, BLOCK: tl.constexpr):
     group = tl.program_id(0)
     start = tl.load(group_starts_ptr + group)
@@ -85,23 +85,19 @@ def _topk_prune_mask_kernel(rewards_ptr, group_starts_ptr, group_sizes_ptr, num_
         ties_before += tl.sum(is_tie, axis=0)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 NUM_WARPS = 4
 
 
 def default_block(interpreting: bool | None = None) -> int:
     """Tile width over a group. 1024 lanes at 4 warps hold a group of up to 1024 candidates in
     one tile on GPU; the interpreter pays per tile, so it takes bigger ones."""
-    interpreting = _interpreting() if interpreting is None else interpreting
+    interpreting = is_interpreting() if interpreting is None else interpreting
     return 4096 if interpreting else 1024
 
 
-def topk_prune_mask(rewards: torch.Tensor, group_sizes: torch.Tensor, num_keep: torch.Tensor,
+def topk_prune(rewards: torch.Tensor, group_sizes: torch.Tensor, num_keep: torch.Tensor,
                     block: int | None = None) -> torch.Tensor:
-    """Launch the pruner. Arguments as ``torch.ops.specdecode.topk_prune_mask`` (already checked
+    """Launch the pruner. Arguments as ``torch.ops.specdecode.topk_prune`` (already checked
     by the caller): ``rewards [N]`` float32/float16/bfloat16, ``group_sizes [P]`` and
     ``num_keep [P]`` int64 on the same device. Returns the ``[N]`` bool keep mask. No host sync:
     group starts are an on-device cumulative sum."""
@@ -113,7 +109,7 @@ def topk_prune_mask(rewards: torch.Tensor, group_sizes: torch.Tensor, num_keep: 
     if num_groups == 0 or rewards.numel() == 0:
         return keep_mask
     group_starts = torch.cumsum(group_sizes, 0) - group_sizes
-    _topk_prune_mask_kernel[(num_groups,)](
+    _topk_prune_kernel[(num_groups,)](
         rewards, group_starts, group_sizes, num_keep, keep_mask.view(torch.int8), rewards.numel(),
         BLOCK=block or default_block(), num_warps=NUM_WARPS)
     return keep_mask
@@ -128,7 +124,7 @@ def aot_cases() -> list[AotCase]:
     for dtype, pointer_type in _REWARD_TYPES.items():
         signature = {"rewards_ptr": pointer_type, "group_starts_ptr": "*i64", "group_sizes_ptr": "*i64",
                      "num_keep_ptr": "*i64", "keep_mask_ptr": "*i8", "N": "i32", "BLOCK": "constexpr"}
-        cases.append(AotCase(f"topk_prune_mask[{str(dtype)[6:]}]", _topk_prune_mask_kernel, signature,
+        cases.append(AotCase(f"topk_prune[{str(dtype)[6:]}]", _topk_prune_kernel, signature,
                              {"BLOCK": default_block(interpreting=False)}, NUM_WARPS,
                              divisible_by_16=("rewards_ptr", "group_starts_ptr", "group_sizes_ptr", "num_keep_ptr",
                                               "keep_mask_ptr")))

@@ -9,7 +9,7 @@ import time
 import torch
 
 import specdecode as sd
-from specdecode.reference import rejection as reference
+from specdecode.reference import rejection_sample as reference
 
 
 def _median_ms(fn, reps: int = 7) -> float:
@@ -60,7 +60,7 @@ def speed_demo(batch: int = 64, num_drafts: int = 4, vocab: int = 32000) -> None
                                                   torch.tensor([0])).num_accepted)
     print(f"2. Speed on this CPU, (B, K, V) = ({batch}, {num_drafts}, {vocab}), float32:")
     print(f"   C++ kernel {fused:.2f} ms vs pure-PyTorch reference {ref:.1f} ms ({ref / fused:.0f}x); "
-          f"same acceptance counts: {same}\n   (full comparison: python -m bench.bench_rejection)\n")
+          f"same acceptance counts: {same}\n   (full comparison: python -m bench.bench_rejection_sample)\n")
 
 
 # ------------------------------------------------------------------------ sections 3-4: the shipped pair
@@ -112,14 +112,14 @@ def one_thread():
 
 def _shipped_pair(weights_dir: str | None):
     """The shipped (target, draft), or None (with how to get them) if the weights are missing."""
-    from specdecode.generate import WEIGHTS_DIR
+    from specdecode.decoder.generate import WEIGHTS_DIR
 
     directory = weights_dir or WEIGHTS_DIR
     missing = [name for name in ("target.pt", "draft.pt") if not os.path.exists(os.path.join(directory, name))]
     if missing:
         print(f"3-4. Skipped: the trained weights are missing ({', '.join(missing)} in {directory}).\n"
               "   Train them (the Python standard library is the corpus, ~15-20 min on one CPU core) with\n"
-              "       python -m specdecode.train\n"
+              "       python -m specdecode.decoder.train\n"
               "   then run the demo again.\n")
         return None
     return sd.load_pretrained(weights_dir=directory)
@@ -169,7 +169,7 @@ def decoding_demo(target, draft, quick: bool = False, num_draft_tokens: int = 4)
 def best_of_n_demo(target, quick: bool = False) -> None:
     """Best-of-N vs Speculative Rejection on the shipped target, reward = the target's mean
     log-likelihood of the response (the paper's Table 2 setting)."""
-    from specdecode.best_of_n import kv_bytes_per_token
+    from specdecode.decoder.best_of_n import kv_bytes_per_token
 
     prompts = DEMO_PROMPTS
     max_new, small_n, big_n = (32, 4, 16) if quick else (64, 8, 32)

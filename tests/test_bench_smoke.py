@@ -20,14 +20,14 @@ from bench.__main__ import Section, _correlations, as_markdown, parse_e2e_output
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
     # The suite runs with TRITON_INTERPRET=1; compile_all must strip it for the compiler.
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    rows = compile_in_subprocess(["sm_90"], name_filter="topk_prune_mask[float32]", timeout=300)
+    rows = compile_in_subprocess(["sm_90"], name_filter="topk_prune[float32]", timeout=300)
     assert len(rows) == 1
     row = rows[0]
     assert row["ok"], row.get("error")
     assert row["target"] == "sm_90" and row["registers"] > 0 and row["spills"] == 0
     assert row["widest_load"] >= 4  # at least the fp32 reward loads
     table = gpu_report.compile_table(rows)
-    assert table[0][:2] == ["topk_prune_mask[float32]", "sm_90"]
+    assert table[0][:2] == ["topk_prune[float32]", "sm_90"]
 
 
 @pytest.mark.parametrize("asm, backend, expected", [

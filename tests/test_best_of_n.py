@@ -1,4 +1,4 @@
-"""Best-of-N and Speculative Rejection (``specdecode.best_of_n``) and the rewards, on random tiny
+"""Best-of-N and Speculative Rejection (``specdecode.decoder.best_of_n``) and the rewards, on random tiny
 models (no dependence on the shipped weights)."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.best_of_n import (FINISHED, CandidateBatch, best_of_n, candidate_uniforms, kv_bytes_per_token,
+from specdecode.decoder.best_of_n import (FINISHED, CandidateBatch, best_of_n, candidate_uniforms, kv_bytes_per_token,
                                   max_candidates_for_budget, speculative_rejection)
-from specdecode.generate import encode_prompts
-from specdecode.model import ModelConfig, Transformer
-from specdecode.rewards import LogLikelihoodReward, RewardModel, score
-from specdecode.tokenizer import EOS_ID, PAD_ID
+from specdecode.decoder.generate import encode_prompts
+from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.decoder.rewards import LogLikelihoodReward, RewardModel, score
+from specdecode.decoder.tokenizer import EOS_ID, PAD_ID
 
 PROMPTS = ["def f(x):", "import os\n", "a much longer prompt, so rows are ragged"]
 
@@ -384,7 +384,7 @@ def test_bad_arguments_raise_clear_errors():
         (dict(decision_tokens=None, memory_budget=1000), ValueError, "cannot hold the initial batch.*n <= 0 fits"),
         (dict(decision_tokens=None, memory_budget=-5), ValueError, "memory_budget must be a positive int"),
         (dict(reward="loglik"), TypeError, "reward must be callable"),
-        (dict(model=object()), TypeError, "model must be a specdecode.model.Transformer"),
+        (dict(model=object()), TypeError, "model must be a specdecode.decoder.model.Transformer"),
         (dict(temperature=-1.0), ValueError, "temperature must be a number >= 0"),
         (dict(generator=0), TypeError, "generator must be a torch.Generator"),
         (dict(max_new_tokens=90), ValueError, "exceeds the model's max_seq_len 96"),
@@ -435,10 +435,10 @@ def test_reward_receives_prompt_lengths_if_it_asks_and_progress_is_reported():
 
 def test_demo_sections_on_a_tiny_pair_and_without_weights(tmp_path, capsys):
     from specdecode import demo
-    from specdecode.train import save
+    from specdecode.decoder.train import save
 
     assert demo._shipped_pair(str(tmp_path)) is None
-    assert "python -m specdecode.train" in capsys.readouterr().out
+    assert "python -m specdecode.decoder.train" in capsys.readouterr().out
     for name, seed in (("target", 0), ("draft", 1)):
         save(tiny(seed=seed, max_seq_len=256), str(tmp_path / f"{name}.pt"), {})
     target, draft = demo._shipped_pair(str(tmp_path))

@@ -1,4 +1,4 @@
-"""compact_rows_ / compact_kv_cache_: in-place, order-preserving row compaction.
+"""compact_kv_ / compact_kv_cache_: in-place, order-preserving row compaction.
 
 Every case runs on a view inside a larger byte buffer filled with random bytes, and checks the
 whole buffer: the first N' rows of the view hold exactly the bytes of ``index_select`` of the
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.kernels.compact_kv import compact_rows_ as triton_compact_rows_
-from specdecode.reference.pruning import compact as reference_compact
+from specdecode.kernels.compact_kv import compact_kv_ as triton_compact_kv_
+from specdecode.reference.compact_kv import compact_kv as reference_compact
 
 
 def cpp_compact(data, kept_indices, batch_dim):
-    torch.ops.specdecode.compact_rows_(data, kept_indices, batch_dim)
+    torch.ops.specdecode.compact_kv_(data, kept_indices, batch_dim)
 
 
 def public_compact(data, kept_indices, batch_dim):
@@ -25,10 +25,10 @@ def public_compact(data, kept_indices, batch_dim):
 
 
 def triton_kernel_compact(data, kept_indices, batch_dim):
-    triton_compact_rows_(data, kept_indices, batch_dim, scratch_bytes=0)  # the kernel, at every size
+    triton_compact_kv_(data, kept_indices, batch_dim, scratch_bytes=0)  # the kernel, at every size
 
 
-KERNELS = {"cpp": cpp_compact, "triton": triton_kernel_compact, "triton-small-scratch": triton_compact_rows_,
+KERNELS = {"cpp": cpp_compact, "triton": triton_kernel_compact, "triton-small-scratch": triton_compact_kv_,
            "public": public_compact}
 
 
@@ -137,7 +137,7 @@ def test_triton_many_tiles_per_row():
     for kept in ([1, 2, 5, 7], [0, 3, 4], [7]):
         buffer, view = make_view("sliced", (8, 3, 5, 40), torch.float32, generator)
         expected = view.index_select(0, torch.tensor(kept)).clone()
-        triton_compact_rows_(view, torch.tensor(kept), 0, block=16, scratch_bytes=0)  # 200-word runs: 13 tiles
+        triton_compact_kv_(view, torch.tensor(kept), 0, block=16, scratch_bytes=0)  # 200-word runs: 13 tiles
         assert torch.equal(view[:len(kept)].view(torch.int32), expected.view(torch.int32))
 
 
@@ -198,13 +198,13 @@ def test_triton_ignores_out_of_range_indices():
     # Unvalidated indices outside [0, B) are skipped, never read or written out of bounds.
     buffer = torch.arange(30.0)
     view = buffer[5:25].view(5, 4)
-    triton_compact_rows_(view, torch.tensor([1, 99, -3]), 0, scratch_bytes=0)
+    triton_compact_kv_(view, torch.tensor([1, 99, -3]), 0, scratch_bytes=0)
     expected = torch.arange(30.0)
     expected[5:9] = torch.arange(9.0, 13.0)
     assert torch.equal(buffer, expected)
     # The small-tensor scratch path clamps them: rows 0..2 are written (unspecified values), nothing else.
     buffer = torch.arange(30.0)
-    triton_compact_rows_(buffer[5:25].view(5, 4), torch.tensor([1, 99, -3]), 0)
+    triton_compact_kv_(buffer[5:25].view(5, 4), torch.tensor([1, 99, -3]), 0)
     assert torch.equal(buffer[:5], torch.arange(5.0)) and torch.equal(buffer[17:], torch.arange(17.0, 30.0))
 
 
@@ -244,16 +244,16 @@ def test_negative_batch_dim_and_int32_indices():
 
 def test_opcheck():
     data = torch.randn(6, 3, 4)
-    torch.library.opcheck(torch.ops.specdecode.compact_rows_, (data, torch.tensor([0, 2, 5]), 0))
-    torch.library.opcheck(torch.ops.specdecode.compact_rows_, (data.to(torch.int8), torch.tensor([2]), 1))
+    torch.library.opcheck(torch.ops.specdecode.compact_kv_, (data, torch.tensor([0, 2, 5]), 0))
+    torch.library.opcheck(torch.ops.specdecode.compact_kv_, (data.to(torch.int8), torch.tensor([2]), 1))
 
 
 def test_fixed_shape_round_under_torch_compile():
     # The graph-capture path: the fixed-shape mask op, a static-size kept set, in-place compaction.
     def prune_and_compact(rewards, group_sizes, num_keep, cache, num_kept: int):
-        keep_mask = torch.ops.specdecode.topk_prune_mask(rewards, group_sizes, num_keep)
+        keep_mask = torch.ops.specdecode.topk_prune(rewards, group_sizes, num_keep)
         kept = torch.nonzero_static(keep_mask, size=num_kept).flatten()
-        torch.ops.specdecode.compact_rows_(cache, kept, 1)
+        torch.ops.specdecode.compact_kv_(cache, kept, 1)
         return keep_mask
 
     rewards = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7, 0.2])

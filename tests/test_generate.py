@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from specdecode.generate import encode_prompts, generate, speculative_generate
-from specdecode.model import ModelConfig, Transformer
-from specdecode.tokenizer import PAD_ID, VOCAB_SIZE
+from specdecode.decoder.generate import encode_prompts, generate, speculative_generate
+from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.decoder.tokenizer import PAD_ID, VOCAB_SIZE
 
 PROMPTS = ["def main():\n", "import", "x", "class Foo(object):\n    def __init__"]
 FALSE_ALARM_RATE = 1e-3  # per chi-square test: with a correct sampler it fails on 1 seed in 1000
@@ -195,7 +195,7 @@ def test_shipped_pair_loads_and_decodes_losslessly():
     import os
 
     import specdecode as sd
-    from specdecode.generate import WEIGHTS_DIR
+    from specdecode.decoder.generate import WEIGHTS_DIR
     if not os.path.exists(os.path.join(WEIGHTS_DIR, "target.pt")):
         pytest.skip("no shipped weights in this checkout")
     target, draft = sd.load_pretrained()

@@ -21,7 +21,7 @@ from stats import assert_fits
 
 import specdecode as sd
 from specdecode.kernels import rejection_sample as triton_rs
-from specdecode.reference import rejection as ref
+from specdecode.reference import rejection_sample as ref
 from specdecode.stats import chi2_sf, chi_square
 
 FALSE_ALARM = 1e-4

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.model import ModelConfig, Transformer
-from specdecode.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, tokenizer
+from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.decoder.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, tokenizer
 
 ATOL = 1e-10
 

@@ -11,7 +11,8 @@ import torch
 
 import specdecode as sd
 from specdecode.kernels import rejection_sample as triton_rs
-from specdecode.reference import rejection as ref
+from specdecode import core
+from specdecode.reference import rejection_sample as ref
 
 # A seed whose first uniform (slot 0, row 0, offset 0) is exactly 0.0: found by search, and
 # re-checked in test_zero_uniform_never_accepts_zero_probability so it cannot go stale.
@@ -155,7 +156,7 @@ def test_one_hot_drafts_residual_excludes_the_draft(backend):
 # ------------------------------------------------------------------------------------------
 
 def test_zero_uniform_never_accepts_zero_probability(backend):
-    assert float(ref.uniforms(torch.tensor([SEED_WITH_ZERO_UNIFORM]), torch.tensor([0]), 1, 1)[0, 0]) == 0.0
+    assert float(core.uniforms(torch.tensor([SEED_WITH_ZERO_UNIFORM]), torch.tensor([0]), 1, 1)[0, 0]) == 0.0
     vocab = 4
     target = torch.tensor([[[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]]])
     for draft_probs in (torch.tensor([[[0.25, 0.25, 0.25, 0.25]]]), torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), None):
@@ -235,7 +236,7 @@ ROUNDING_BOUND = 1e-5
 def assert_emitted_within_rounding(tokens, accepted, expected, draft_ids, draft_probs, target, seeds, offsets):
     assert torch.equal(accepted, expected.num_accepted), "acceptance counts differ"
     differs = (tokens != expected.token_ids).any(1).nonzero().flatten().tolist()
-    u = ref.uniforms(seeds, offsets, draft_ids.shape[0], draft_ids.shape[1] + 1)[:, -1].double()
+    u = core.uniforms(seeds, offsets, draft_ids.shape[0], draft_ids.shape[1] + 1)[:, -1].double()
     for row in differs:
         j = int(accepted[row])
         assert tokens[row, :j].tolist() == expected.token_ids[row, :j].tolist()

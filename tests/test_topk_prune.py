@@ -1,4 +1,4 @@
-"""topk_prune_mask: both kernels (C++ op on CPU tensors, Triton launcher under the interpreter)
+"""topk_prune: both kernels (C++ op on CPU tensors, Triton launcher under the interpreter)
 equal the reference exactly; the public topk_prune; alpha -> num_keep rounding; bad input."""
 import math
 from fractions import Fraction
@@ -7,17 +7,18 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.kernels.topk_prune import topk_prune_mask as triton_topk_prune_mask
-from specdecode.reference import pruning as ref
+from specdecode.kernels.topk_prune import topk_prune as triton_topk_prune
+from specdecode import core
+from specdecode.reference import topk_prune as ref
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def cpp_topk_prune_mask(rewards, group_sizes, num_keep):
-    return torch.ops.specdecode.topk_prune_mask(rewards, group_sizes, num_keep)
+def cpp_topk_prune(rewards, group_sizes, num_keep):
+    return torch.ops.specdecode.topk_prune(rewards, group_sizes, num_keep)
 
 
-KERNELS = {"cpp": cpp_topk_prune_mask, "triton": triton_topk_prune_mask}
+KERNELS = {"cpp": cpp_topk_prune, "triton": triton_topk_prune}
 
 
 def random_case(generator, num_groups, max_group, dtype, value_range=None, nan_fraction=0.0):
@@ -42,7 +43,7 @@ def test_kernels_equal_reference_on_random_groups(kernel, dtype, value_range, na
     for num_groups, max_group in layouts:
         rewards, group_sizes, num_keep = random_case(generator, num_groups, max_group, dtype, value_range,
                                                      nan_fraction)
-        expected = ref.topk_prune_mask(rewards, group_sizes, num_keep)
+        expected = ref.topk_prune(rewards, group_sizes, num_keep)
         got = KERNELS[kernel](rewards, group_sizes, num_keep)
         assert got.dtype == torch.bool and got.shape == rewards.shape
         assert torch.equal(got, expected), (rewards, group_sizes, num_keep, got, expected)
@@ -58,11 +59,11 @@ def test_kernels_at_alpha_extremes(kernel, alpha):
     # alpha = 0 keeps every candidate, alpha near 1 keeps exactly one per non-empty group.
     generator = torch.Generator().manual_seed(21)
     rewards, group_sizes, _ = random_case(generator, 6, 12, torch.float32, value_range=2, nan_fraction=0.2)
-    num_keep = torch.tensor(ref.num_keep_from_alpha(group_sizes.tolist(), alpha))
+    num_keep = torch.tensor(core.num_keep_from_alpha(group_sizes.tolist(), alpha))
     expected = group_sizes if alpha == 0 else (group_sizes > 0).long()
     assert torch.equal(num_keep, expected)
     got = KERNELS[kernel](rewards, group_sizes, num_keep)
-    assert torch.equal(got, ref.topk_prune_mask(rewards, group_sizes, num_keep))
+    assert torch.equal(got, ref.topk_prune(rewards, group_sizes, num_keep))
 
 
 @pytest.mark.parametrize("value_range,nan_fraction", [(None, 0.0), (2, 0.3)], ids=["distinct", "ties+nan"])
@@ -72,8 +73,8 @@ def test_triton_groups_spanning_many_tiles(value_range, nan_fraction):
     for num_groups, max_group in ((3, 5), (2, 40)):
         rewards, group_sizes, num_keep = random_case(generator, num_groups, max_group, torch.float32,
                                                      value_range, nan_fraction)
-        got = triton_topk_prune_mask(rewards, group_sizes, num_keep, block=8)
-        assert torch.equal(got, ref.topk_prune_mask(rewards, group_sizes, num_keep))
+        got = triton_topk_prune(rewards, group_sizes, num_keep, block=8)
+        assert torch.equal(got, ref.topk_prune(rewards, group_sizes, num_keep))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -113,7 +114,7 @@ def test_large_group(kernel):
     group_sizes = torch.tensor([3, 5000, 4])
     num_keep = torch.tensor([1, 1234, 4])
     assert torch.equal(KERNELS[kernel](rewards, group_sizes, num_keep),
-                       ref.topk_prune_mask(rewards, group_sizes, num_keep))
+                       ref.topk_prune(rewards, group_sizes, num_keep))
 
 
 # --- alpha -> num_keep ----------------------------------------------------------------------
@@ -121,30 +122,30 @@ def test_large_group(kernel):
 def test_alpha_rounding_is_exact_decimal():
     # The float product is 3.0000000000000004; a float ceil would keep 4.
     assert math.ceil((1 - 0.7) * 10) == 4
-    assert ref.num_keep_from_alpha([10], 0.7) == [3]
+    assert core.num_keep_from_alpha([10], 0.7) == [3]
     assert sd.num_keep_from_alpha([10, 0, 1, 3, 7], 0.5) == [5, 0, 1, 2, 4]
     # Every two-decimal alpha against integer arithmetic: ceil((100 - a) * n / 100).
     for a in range(101):
         alpha = a / 100
         sizes = list(range(0, 130))
         expected = [max(1, -((-(100 - a) * n) // 100)) if n else 0 for n in sizes]
-        assert ref.num_keep_from_alpha(sizes, alpha) == expected, alpha
+        assert core.num_keep_from_alpha(sizes, alpha) == expected, alpha
 
 
 def test_alpha_numpy_scalars_and_empty_batches():
     np = pytest.importorskip("numpy")
-    assert ref.num_keep_from_alpha([10], np.float32(0.7)) == [3]  # binary value 0.699999988...
-    assert ref.num_keep_from_alpha([10], np.float64(0.7)) == [3]
+    assert core.num_keep_from_alpha([10], np.float32(0.7)) == [3]  # binary value 0.699999988...
+    assert core.num_keep_from_alpha([10], np.float64(0.7)) == [3]
     result = sd.topk_prune(torch.empty(0), [], 0.5)
     assert result.kept_indices.shape == (0,) and result.kept_group_sizes.shape == (0,)
 
 
 def test_alpha_extremes():
     sizes = [0, 1, 2, 10, 1000]
-    assert ref.num_keep_from_alpha(sizes, 0.0) == [0, 1, 2, 10, 1000]  # keep all
-    assert ref.num_keep_from_alpha(sizes, 1.0) == [0, 1, 1, 1, 1]  # at least one
-    assert ref.num_keep_from_alpha(sizes, 0.999) == [0, 1, 1, 1, 1]
-    assert ref.num_keep_from_alpha(sizes, Fraction(1, 3)) == [0, 1, 2, 7, 667]
+    assert core.num_keep_from_alpha(sizes, 0.0) == [0, 1, 2, 10, 1000]  # keep all
+    assert core.num_keep_from_alpha(sizes, 1.0) == [0, 1, 1, 1, 1]  # at least one
+    assert core.num_keep_from_alpha(sizes, 0.999) == [0, 1, 1, 1, 1]
+    assert core.num_keep_from_alpha(sizes, Fraction(1, 3)) == [0, 1, 2, 7, 667]
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.75, 0.999, 1.0])
@@ -152,8 +153,8 @@ def test_topk_prune_public(alpha):
     generator = torch.Generator().manual_seed(7)
     rewards, group_sizes, _ = random_case(generator, 9, 17, torch.float32, value_range=4, nan_fraction=0.1)
     result = sd.topk_prune(rewards, group_sizes, alpha)
-    keeps = ref.num_keep_from_alpha(group_sizes.tolist(), alpha)
-    expected_mask = ref.topk_prune_mask(rewards, group_sizes, keeps)
+    keeps = core.num_keep_from_alpha(group_sizes.tolist(), alpha)
+    expected_mask = ref.topk_prune(rewards, group_sizes, keeps)
     assert torch.equal(result.keep_mask, expected_mask)
     assert result.kept_indices.dtype == torch.int64
     assert torch.equal(result.kept_indices, expected_mask.nonzero().flatten())
@@ -227,22 +228,22 @@ def test_topk_prune_bad_rewards():
 def test_cpp_op_rejects_bad_values():
     rewards = torch.arange(5, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="num_keep"):
-        cpp_topk_prune_mask(rewards, torch.tensor([2, 3]), torch.tensor([3, 1]))
+        cpp_topk_prune(rewards, torch.tensor([2, 3]), torch.tensor([3, 1]))
     with pytest.raises(RuntimeError, match="sum to"):
-        cpp_topk_prune_mask(rewards, torch.tensor([2, 2]), torch.tensor([1, 1]))
+        cpp_topk_prune(rewards, torch.tensor([2, 2]), torch.tensor([1, 1]))
     with pytest.raises(RuntimeError, match="int64"):
-        cpp_topk_prune_mask(rewards, torch.tensor([5], dtype=torch.int32), torch.tensor([1]))
+        cpp_topk_prune(rewards, torch.tensor([5], dtype=torch.int32), torch.tensor([1]))
 
 
 def test_triton_clamps_unvalidated_values():
     # Garbage the public wrapper would reject (num_keep > group, sizes running past N) is clamped
     # to the tensor: group 1 becomes rows 2..4, and keeps all of them.
-    got = triton_topk_prune_mask(torch.arange(5.0), torch.tensor([2, 30]), torch.tensor([1, 9]))
+    got = triton_topk_prune(torch.arange(5.0), torch.tensor([2, 30]), torch.tensor([1, 9]))
     assert got.tolist() == [False, True, True, True, True]
 
 
 def test_opcheck():
     rewards, group_sizes, num_keep = random_case(torch.Generator().manual_seed(3), 4, 9, torch.float32, 2, 0.2)
-    torch.library.opcheck(torch.ops.specdecode.topk_prune_mask, (rewards, group_sizes, num_keep))
-    torch.library.opcheck(torch.ops.specdecode.topk_prune_mask,
+    torch.library.opcheck(torch.ops.specdecode.topk_prune, (rewards, group_sizes, num_keep))
+    torch.library.opcheck(torch.ops.specdecode.topk_prune,
                           (rewards.bfloat16(), group_sizes, num_keep))

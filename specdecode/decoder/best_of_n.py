@@ -1,7 +1,7 @@
 """Best-of-N and Speculative Rejection (arXiv 2410.20290) for many prompts in one batch.
 
 Both run on one engine, ``CandidateBatch``: the live candidates of every prompt are the rows of
-one dense batch over one static KV cache (``specdecode.model``), grouped by prompt and in
+one dense batch over one static KV cache (``specdecode.decoder.model``), grouped by prompt and in
 candidate order. Per prompt::
 
     prefill the prompt ONCE (one forward over the P prompts) and copy its KV to its n rows
@@ -20,7 +20,7 @@ positions do not (contrast the reference code, specrej.md §1.6).
 
 **Randomness, per candidate.** Candidate ``j`` of prompt ``g`` draws its token at step ``t`` by
 inverse CDF from a uniform ``U(seed, g, j, t)``: Philox4x32-10 (counter-based, as in
-``specdecode.reference.rejection``) on the counter ``(t, j, g, 0)``, two output words making a
+``specdecode.reference.rejection_sample``) on the counter ``(t, j, g, 0)``, two output words making a
 53-bit float64. ``seed`` is one 63-bit integer drawn from ``generator`` per call. So a candidate's
 tokens depend neither on the other rows in the batch nor on ``n``:
 
@@ -69,12 +69,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from specdecode.generate import Prompts, encode_prompts, logits_to_probs
-from specdecode.model import Transformer
-from specdecode.pruning import compact_kv_cache_, num_keep_from_alpha, topk_prune
-from specdecode.reference.rejection import inverse_cdf_sample, philox4x32
-from specdecode.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
-from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
+from specdecode.decoder.generate import Prompts, encode_prompts, logits_to_probs
+from specdecode.decoder.model import Transformer
+from specdecode.core import inverse_cdf_sample, num_keep_from_alpha, philox4x32
+from specdecode.ops.compact_kv import compact_kv_cache_
+from specdecode.ops.topk_prune import topk_prune
+from specdecode.decoder.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
+from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
 
 __all__ = ["best_of_n", "speculative_rejection", "BestOfNOutput", "CandidateBatch", "candidate_uniforms",
            "kv_bytes_per_token", "max_candidates_for_budget", "LogLikelihoodReward", "RewardModel"]
@@ -274,10 +275,10 @@ def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_
     exactly this.
 
     Args:
-        model: a ``specdecode.model.Transformer``.
+        model: a ``specdecode.decoder.model.Transformer``.
         reward: a callable ``(tokens [B, L], lengths [B]) -> [B]`` float (higher is better), which
-            may also take ``prompt_lengths``; see ``specdecode.rewards``.
-        prompts: strings, token lists or a ``[P, L]`` tensor (``specdecode.generate.encode_prompts``).
+            may also take ``prompt_lengths``; see ``specdecode.decoder.rewards``.
+        prompts: strings, token lists or a ``[P, L]`` tensor (``specdecode.decoder.generate.encode_prompts``).
         n: candidates per prompt (>= 1).
         max_new_tokens: new tokens per candidate at most; a candidate that reaches it is finished.
         temperature: sampling temperature (> 0; 0 is greedy, which makes all ``n`` candidates equal).
@@ -342,7 +343,7 @@ def speculative_rejection(model: Transformer, reward: Reward, prompts: Prompts, 
 def _check_args(model, reward, n, max_new_tokens, temperature, generator, reward_batch_size,
                 decision_tokens, memory_budget) -> list[int]:
     if not isinstance(model, Transformer):
-        raise TypeError(f"model must be a specdecode.model.Transformer, got {type(model).__name__}")
+        raise TypeError(f"model must be a specdecode.decoder.model.Transformer, got {type(model).__name__}")
     if not callable(reward):
         raise TypeError(f"reward must be callable (tokens, lengths) -> [B] scores, got {type(reward).__name__}")
     for name, value in (("n", n), ("max_new_tokens", max_new_tokens)):

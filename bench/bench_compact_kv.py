@@ -1,8 +1,8 @@
 """KV-cache compaction bandwidth on CPU: ``sd.compact_kv_cache_`` (the C++ kernel, in place)
 against a plain copy of the same bytes and against ``index_select`` + ``copy_``.
 
-    python -m bench.bench_compaction            # the README's numbers
-    python -m bench.bench_compaction --quick    # fewer repetitions, one layout
+    python -m bench.bench_compact_kv            # the README's numbers
+    python -m bench.bench_compact_kv --quick    # fewer repetitions, one layout
 
 Bytes moved = (rows that actually move, i.e. ``kept[i] != i``) × bytes per row; bandwidth =
 bytes moved ÷ median time. Contenders, on the same cache and kept set:

@@ -32,82 +32,9 @@ request with its own seed draws the same numbers whatever batch it lands in.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-_MASK32 = 0xFFFFFFFF
-_PHILOX_KEY_A = 0x9E3779B9
-_PHILOX_KEY_B = 0xBB67AE85
-_PHILOX_ROUND_A = 0xD2511F53
-_PHILOX_ROUND_B = 0xCD9E8D57
-_PHILOX_ROUNDS = 10
-
-
-class RejectionOutput(NamedTuple):
-    token_ids: torch.Tensor  # [B, K+1] int64: accepted drafts, the emitted token, then -1
-    num_accepted: torch.Tensor  # [B] int64
-
-
-def _mul_hi_lo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of ``constant * value`` (both < 2**32) without int64 overflow:
-    the product is built from 16-bit halves of ``value``, each partial product < 2**48."""
-    part_lo = constant * (value & 0xFFFF)
-    part_hi = constant * (value >> 16)
-    low_sum = part_lo + ((part_hi & 0xFFFF) << 16)
-    return (part_hi >> 16) + (low_sum >> 32), low_sum & _MASK32
-
-
-def philox4x32(seed: torch.Tensor, c0, c1, c2, c3) -> tuple[torch.Tensor, ...]:
-    """Philox4x32-10 on int64 tensors holding uint32 values (broadcastable), as ``tl.philox``.
-
-    ``seed`` is int64; its low word is key 0 and its high word key 1 (two's complement)."""
-    key0 = seed & _MASK32
-    key1 = (seed >> 32) & _MASK32
-    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) & _MASK32 for c in (c0, c1, c2, c3))
-    for _ in range(_PHILOX_ROUNDS):
-        hi_b, lo_b = _mul_hi_lo(_PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mul_hi_lo(_PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ key0, lo_b, hi_a ^ c3 ^ key1, lo_a
-        key0 = (key0 + _PHILOX_KEY_A) & _MASK32
-        key1 = (key1 + _PHILOX_KEY_B) & _MASK32
-    return c0, c1, c2, c3
-
-
-def uniforms(seeds: torch.Tensor, offsets: torch.Tensor, batch_size: int, num_slots: int) -> torch.Tensor:
-    """The ``[B, num_slots]`` float32 uniforms every backend draws.
-
-    ``seeds``/``offsets``: int64 of shape ``[1]`` (one for the batch) or ``[B]`` (per row).
-    One shared seed puts the row index into the counter; per-row seeds do not."""
-    device = seeds.device
-    rows = torch.arange(batch_size, device=device, dtype=torch.int64)
-    seed = seeds.expand(batch_size)[:, None]
-    offset = offsets.expand(batch_size)[:, None]
-    stream_row = (rows if seeds.numel() == 1 else torch.zeros_like(rows))[:, None]
-    slots = torch.arange(num_slots, device=device, dtype=torch.int64)[None, :]
-    word, _, _, _ = philox4x32(seed, slots, stream_row, offset & _MASK32, (offset >> 32) & _MASK32)
-    return (word >> 8).to(torch.float32) * (2.0 ** -24)
-
-
-def nan_safe_argmax(probs: torch.Tensor) -> torch.Tensor:
-    """First index of the maximum along the last dim, NaN ignored; 0 if there is no number."""
-    return torch.where(probs.isnan(), float("-inf"), probs).argmax(-1)
-
-
-def inverse_cdf_sample(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Sample one index per row of ``weights [R, V]`` (float64, >= 0, NaN-free) with ``u [R]``:
-    the smallest ``v`` with ``w_v > 0`` and ``cumsum(w)_v > u * sum(w)``.
-
-    Only rows with ``sum(w) > 0`` are meaningful; the others return 0."""
-    total = weights.sum(-1, keepdim=True)
-    threshold = u.to(torch.float64)[:, None] * total
-    hit = (weights.cumsum(-1) > threshold) & (weights > 0)
-    vocab = torch.arange(weights.shape[-1], device=weights.device)
-    first_hit = torch.where(hit, vocab, weights.shape[-1]).amin(-1)
-    # Rounding can leave no index above the threshold: fall back to the last positive weight.
-    last_positive = torch.where(weights > 0, vocab, -1).amax(-1)
-    return torch.where(first_hit < weights.shape[-1], first_hit, last_positive).clamp_min(0)
-
+from specdecode.core import RejectionOutput, inverse_cdf_sample, nan_safe_argmax, uniforms
 
 def _positive_part(values: torch.Tensor) -> torch.Tensor:
     """max(0, values) with NaN mapped to 0 (``max`` would propagate NaN)."""

@@ -1,12 +1,12 @@
 """Microbenchmark of the verifier on CPU: the C++ op vs pure-PyTorch implementations.
 
-    python -m bench.bench_rejection            # the README's numbers
-    python -m bench.bench_rejection --quick    # fewer repetitions, two shapes
+    python -m bench.bench_rejection_sample            # the README's numbers
+    python -m bench.bench_rejection_sample --quick    # fewer repetitions, two shapes
 
 Contenders, all on the same inputs (float32, drafts sampled from p, p close to q so about
 60-70% of drafts are accepted, as with a real draft model):
 - ``specdecode`` — ``sd.rejection_sample``: the C++ kernel through the registered op.
-- ``reference`` — ``specdecode.reference.rejection``: the spec in code, vectorised PyTorch.
+- ``reference`` — ``specdecode.reference.rejection_sample``: the spec in code, vectorised PyTorch.
 - ``multinomial`` — the common PyTorch formulation (as in vLLM v0 / HF): residuals
   ``max(0, q - p)`` materialised and normalised for every draft position, ``torch.multinomial``.
 - ``hf`` — HF transformers' ``_speculative_sampling`` (B = 1 only; it takes logits and applies

@@ -1,11 +1,11 @@
 """Batched per-prompt top-k pruning on CPU: one op for all prompts against a ``torch.topk`` loop.
 
-    python -m bench.bench_pruning            # the README's numbers
-    python -m bench.bench_pruning --quick    # fewer repetitions and shapes
+    python -m bench.bench_topk_prune            # the README's numbers
+    python -m bench.bench_topk_prune --quick    # fewer repetitions and shapes
 
 P prompts × n candidates each (float32 rewards, alpha = 0.5, so k = n/2 per prompt).
 Contenders, all producing the ascending kept indices of every prompt:
-- ``op``       — ``torch.ops.specdecode.topk_prune_mask`` (the fixed-shape C++ op: the keep mask).
+- ``op``       — ``torch.ops.specdecode.topk_prune`` (the fixed-shape C++ op: the keep mask).
 - ``topk_prune`` — ``sd.topk_prune``: argument checks, alpha -> num_keep, the op, kept_indices.
 - ``topk loop`` — per prompt ``torch.topk(rewards[s:s+n], k)``, sort the indices, offset, then
   ``torch.cat`` (what a per-prompt implementation does; it does not rank NaN or break ties
@@ -57,7 +57,7 @@ def main() -> None:
             sizes_t, keeps_t = torch.tensor(group_sizes), torch.tensor(num_keep)
             expected = topk_loop(rewards, group_sizes, num_keep)
             assert torch.equal(sd.topk_prune(rewards, group_sizes, 0.5).kept_indices, expected)  # no ties here
-            t_op = median_us(lambda: torch.ops.specdecode.topk_prune_mask(rewards, sizes_t, keeps_t), reps, seconds)
+            t_op = median_us(lambda: torch.ops.specdecode.topk_prune(rewards, sizes_t, keeps_t), reps, seconds)
             t_public = median_us(lambda: sd.topk_prune(rewards, group_sizes, 0.5), reps, seconds)
             t_loop = median_us(lambda: topk_loop(rewards, group_sizes, num_keep), reps, seconds)
             print(f"{num_prompts:>3} {n:>5} {t_op:>9.1f} {t_public:>13.1f} {t_loop:>12.1f} "

@@ -1,4 +1,4 @@
-"""Plain and speculative batched generation with the reference decoder (``specdecode.model``).
+"""Plain and speculative batched generation with the reference decoder (``specdecode.decoder.model``).
 
 Both loops keep every row of the batch in its own place in a static KV cache, addressed by
 per-row positions, so rows of different lengths (ragged prompts, ragged acceptance) share one
@@ -33,9 +33,9 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from specdecode.model import ModelConfig, Transformer
-from specdecode.rejection import rejection_sample
-from specdecode.tokenizer import EOS_ID, PAD_ID, tokenizer
+from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.ops.rejection_sample import rejection_sample
+from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
 
 Prompts = Union[str, Sequence[str], Sequence[Sequence[int]], Tensor]
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
@@ -68,7 +68,7 @@ def default_dtypes(device: torch.device | str | None = None) -> tuple[torch.dtyp
 def load_pretrained(device: torch.device | str | None = None,
                     dtype: torch.dtype | tuple[torch.dtype, torch.dtype] | None = None,
                     weights_dir: str | None = None) -> tuple[Transformer, Transformer]:
-    """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.train``), in eval
+    """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.decoder.train``), in eval
     mode; ``weights_dir`` loads a pair trained with ``--out`` instead. ``dtype``: one dtype for
     both, a ``(target, draft)`` pair, or ``None`` for ``default_dtypes(device)``; a model's
     cached attention, KV cache, final norm and output head stay float32 under a narrower body

@@ -1,6 +1,6 @@
 """Train the shipped target/draft pair on the Python standard library's own source files.
 
-    python -m specdecode.train            # ~37 min on one CPU core with AMX, writes specdecode/weights/
+    python -m specdecode.decoder.train            # ~37 min on one CPU core with AMX, writes specdecode/decoder/weights/
 
 Every machine with Python has this corpus offline: the top-level ``Lib/*.py`` files of the
 running interpreter (``sysconfig.get_paths()["stdlib"]``), byte-tokenized, each file wrapped in
@@ -18,9 +18,9 @@ Forward passes run under bf16 autocast (``--precision``; AMX makes it 2-4x faste
 here), weights and optimiser state stay float32. At the end both models are rounded to bf16
 (what ships), evaluated in float32 on the held-out files (loss, and the draft's acceptance rate
 against the target, teacher-forced), and saved with their config and these numbers to
-``specdecode/weights/{target,draft}.pt``.
+``specdecode/decoder/weights/{target,draft}.pt``.
 
-The shipped pair = ``python -m specdecode.train`` (log in ``specdecode/weights/train_log.txt``;
+The shipped pair = ``python -m specdecode.decoder.train`` (log in ``specdecode/decoder/weights/train_log.txt``;
 bit-for-bit reproducibility of this recipe was not re-checked):
 
 - corpus: 168 files of CPython 3.11's ``Lib/*.py``, 4,479,365 training bytes, 219,359 held out;
@@ -54,8 +54,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from specdecode.model import ModelConfig, Transformer
-from specdecode.tokenizer import BOS_ID, EOS_ID
+from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.decoder.tokenizer import BOS_ID, EOS_ID
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_gen = torch.Generator().manual_seed(args.seed)
     train_data, val_data, info = load_corpus()
     if args.continue_from:
-        from specdecode.generate import load_pretrained  # here: generate imports the ops, training does not need them
+        from specdecode.decoder.generate import load_pretrained  # here: generate imports the ops, training does not need them
         target, draft = load_pretrained(weights_dir=args.continue_from)
         draft.train()
         info = dict(target.training_info)

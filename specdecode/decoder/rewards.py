@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from specdecode.model import Block, ModelConfig, RMSNorm, Transformer, rope_tables
+from specdecode.decoder.model import Block, ModelConfig, RMSNorm, Transformer, rope_tables
 
 Reward = Callable[..., Tensor]
 

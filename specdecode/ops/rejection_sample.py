@@ -2,13 +2,13 @@
 
 One op, one schema (declared in ``csrc/rejection_sample.cpp``), a kernel per device: C++ on CPU
 tensors, Triton (``specdecode.kernels.rejection_sample``) on CUDA tensors, and a fake kernel for
-``torch.compile``. The algorithm is ``specdecode.reference.rejection`` (read its docstring).
+``torch.compile``. The algorithm is ``specdecode.reference.rejection_sample`` (read its docstring).
 """
 from __future__ import annotations
 
 import torch
 
-from specdecode.reference.rejection import RejectionOutput
+from specdecode.core import RejectionOutput, is_int
 
 __all__ = ["rejection_sample", "RejectionSampler", "RejectionOutput"]
 
@@ -174,7 +174,7 @@ def _greedy_mask(greedy, batch_size: int, device: torch.device) -> torch.Tensor:
 
 def _per_row_int64(name: str, value, batch_size: int, device: torch.device) -> torch.Tensor:
     """An int becomes a [1] tensor (shared by the batch); a tensor must be [B] (or [1]) ints."""
-    if isinstance(value, bool) or not isinstance(value, (int, torch.Tensor)):
+    if not (is_int(value) or isinstance(value, torch.Tensor)):
         raise TypeError(f"{name} must be an int or a [B] int64 tensor, got {type(value).__name__}")
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdecode.tokenizer import VOCAB_SIZE
+from specdecode.decoder.tokenizer import VOCAB_SIZE
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = VOCAB_SIZE  # 256 bytes + BOS/EOS/PAD (specdecode.tokenizer)
+    vocab_size: int = VOCAB_SIZE  # 256 bytes + BOS/EOS/PAD (specdecode.decoder.tokenizer)
     n_layers: int = 4
     dim: int = 256
     n_heads: int = 8
