@@ -1,13 +1,14 @@
-"""Build specdecode: the Python package, the Triton kernels (``kernels/`` installed as
-``specdecode.kernels``) and the C++ CPU kernels (``csrc/`` built as ``specdecode._C``).
+"""Build the C++ CPU kernels (``csrc/`` -> ``specdecode._C``). Everything else about the package
+(metadata, packages, extras) is in ``pyproject.toml``.
 
 Install after the pinned torch is in the environment::
 
     pip install torch==2.13.0 && pip install --no-build-isolation -e .
 
-``--no-build-isolation`` matters: an isolated build would fetch its own (CUDA, multi-GB) torch
-and compile against a different torch than the one that imports the extension.
+``--no-build-isolation`` matters: an isolated build compiles against the torch pinned in
+``pyproject.toml``'s build requirements, which must then be the torch installed at run time.
 """
+
 from pathlib import Path
 
 from setuptools import setup
@@ -20,15 +21,6 @@ CSRC = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
 OPENMP = ["-fopenmp"]
 
 setup(
-    name="specdecode",
-    version="0.1.0",
-    description="Fused kernels for lossless speculative sampling and Speculative Rejection",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=["specdecode", "specdecode.ops", "specdecode.reference", "specdecode.decoder", "specdecode.kernels"],
-    package_dir={"specdecode": "specdecode", "specdecode.kernels": "kernels"},
-    package_data={"specdecode.decoder": ["weights/*.pt", "weights/*.txt"]},
     ext_modules=[
         CppExtension(
             "specdecode._C",
@@ -39,9 +31,4 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.6,<2.14", "triton>=3.2", "numpy"],
-    extras_require={
-        "test": ["pytest"],
-        "bench": ["matplotlib", "transformers"],  # figures; the HF _speculative_sampling baseline
-    },
 )

@@ -4,16 +4,13 @@ The Triton kernels are tested on CPU tensors under Triton's interpreter, which m
 on before the kernel modules are imported (``@triton.jit`` reads it at decoration time). The
 ahead-of-time compile test runs in a subprocess with the interpreter off.
 """
+
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long statistical runs, deselected by default (make test-slow)")
 
 
 def pytest_collection_modifyitems(config, items):
