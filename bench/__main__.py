@@ -12,6 +12,7 @@ spr (Speculative Rejection vs Best-of-N, and partial-vs-final rewards). A sectio
 is reported in the report and the exit code, and the others still run. ``bench/out/`` is
 git-ignored; figures need matplotlib (``pip install -e .[bench]``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,28 +116,56 @@ def as_markdown(printed: str) -> str:
 def section_verifier(quick: bool) -> Section:
     from bench import bench_rejection_sample as br
 
-    s = Section("Verifier microbenchmark (CPU)",
-                "Median time of one `rejection_sample` call: the C++ op (`specdecode`) vs the pure-PyTorch "
-                "reference, the per-position-residual + `torch.multinomial` formulation (vLLM v0 / HF style) and "
-                "HF transformers' `_speculative_sampling` (B = 1, when installed). Floor = bytes the op must read "
-                "(gathers + the one sampled row) / copy bandwidth measured here on a buffer of that size.")
+    s = Section(
+        "Verifier microbenchmark (CPU)",
+        "Median time of one `rejection_sample` call: the C++ op (`specdecode`) vs the pure-PyTorch "
+        "reference, the per-position-residual + `torch.multinomial` formulation (vLLM v0 / HF style) and "
+        "HF transformers' `_speculative_sampling` (B = 1, when installed). Floor = bytes the op must read "
+        "(gathers + the one sampled row) / copy bandwidth measured here on a buffer of that size.",
+    )
     shapes = br.SHAPES[:3:2] if quick else br.SHAPES
     rows = br.run(shapes, min_reps=5 if quick else 20, min_seconds=0.2 if quick else 1.0)
-    header = ["(B, K, V)", "accept", "specdecode ms", "reference ms", "multinomial ms", "hf ms", "ref/sd", "mult/sd",
-              "hf/sd", "floor ms", "sd/floor"]
+    header = [
+        "(B, K, V)",
+        "accept",
+        "specdecode ms",
+        "reference ms",
+        "multinomial ms",
+        "hf ms",
+        "ref/sd",
+        "mult/sd",
+        "hf/sd",
+        "floor ms",
+        "sd/floor",
+    ]
     table = []
     for r in rows:
         hf = r.get("hf")
-        table.append([str(r["shape"]), f"{r['accept_rate']:.2f}", f"{r['specdecode']:.3f}", f"{r['reference']:.3f}",
-                      f"{r['multinomial']:.3f}", f"{hf:.3f}" if hf else "-",
-                      f"{r['reference'] / r['specdecode']:.1f}x", f"{r['multinomial'] / r['specdecode']:.1f}x",
-                      f"{hf / r['specdecode']:.1f}x" if hf else "-", f"{r['floor']:.3f}",
-                      f"{r['specdecode'] / r['floor']:.2f}x"])
+        table.append(
+            [
+                str(r["shape"]),
+                f"{r['accept_rate']:.2f}",
+                f"{r['specdecode']:.3f}",
+                f"{r['reference']:.3f}",
+                f"{r['multinomial']:.3f}",
+                f"{hf:.3f}" if hf else "-",
+                f"{r['reference'] / r['specdecode']:.1f}x",
+                f"{r['multinomial'] / r['specdecode']:.1f}x",
+                f"{hf / r['specdecode']:.1f}x" if hf else "-",
+                f"{r['floor']:.3f}",
+                f"{r['specdecode'] / r['floor']:.2f}x",
+            ]
+        )
     if br.hf_speculative_sampling() is None:
         s.text("transformers is not installed: no HF column (`pip install transformers`).")
     s.table(header, table)
-    s.image(plots.plot_op_ratios([{k: v for k, v in r.items() if k not in ("accept_rate",)} for r in rows],
-                                 os.path.join(OUT_DIR, "verifier_vs_floor.png"), "Verifier: median time / floor (CPU)"))
+    s.image(
+        plots.plot_op_ratios(
+            [{k: v for k, v in r.items() if k not in ("accept_rate",)} for r in rows],
+            os.path.join(OUT_DIR, "verifier_vs_floor.png"),
+            "Verifier: median time / floor (CPU)",
+        )
+    )
     return s
 
 
@@ -146,17 +175,20 @@ def _parse_whitespace_rows(text: str, num_columns: int) -> list[list[str]]:
     start = next((i for i, line in enumerate(lines) if line.startswith("---")), None)
     if start is None:
         return []
-    rows = [line.split() for line in lines[start + 1:]]
+    rows = [line.split() for line in lines[start + 1 :]]
     return [r for r in rows if len(r) == num_columns]
 
 
 def section_pruning(quick: bool) -> Section:
-    s = Section("Pruning microbenchmark (CPU)",
-                "Median time to prune P prompts x n candidates (alpha = 0.5): the fixed-shape C++ op, the public "
-                "`sd.topk_prune` (checks + alpha -> k + kept indices), and a per-prompt `torch.topk` loop. Floor = "
-                "(rewards read + mask written) / copy bandwidth measured here: far below the call overhead, so "
-                "these times are launch/overhead-bound, not bandwidth-bound.")
+    s = Section(
+        "Pruning microbenchmark (CPU)",
+        "Median time to prune P prompts x n candidates (alpha = 0.5): the fixed-shape C++ op, the public "
+        "`sd.topk_prune` (checks + alpha -> k + kept indices), and a per-prompt `torch.topk` loop. Floor = "
+        "(rewards read + mask written) / copy bandwidth measured here: far below the call overhead, so "
+        "these times are launch/overhead-bound, not bandwidth-bound.",
+    )
     from bench import bench_topk_prune as module
+
     _, text = call_main(module, quick)
     rows = _parse_whitespace_rows(text, 7)
     if not rows:
@@ -168,18 +200,24 @@ def section_pruning(quick: bool) -> Section:
     for P, n, t_op, t_public, t_loop, loop_op, loop_public in rows:
         nbytes = int(P) * int(n) * 5
         floor_us = nbytes / (copy_bandwidth_gbs(nbytes, 5, 0.02) * 1e9) * 1e6
-        table.append([P, n, t_op, t_public, t_loop, loop_op, loop_public, f"{floor_us:.2f}",
-                      f"{float(t_op) / floor_us:.0f}x"])
-    s.table(["P", "n", "op us", "topk_prune us", "topk loop us", "loop/op", "loop/topk_prune", "floor us", "op/floor"],
-            table)
+        table.append(
+            [P, n, t_op, t_public, t_loop, loop_op, loop_public, f"{floor_us:.2f}", f"{float(t_op) / floor_us:.0f}x"]
+        )
+    s.table(
+        ["P", "n", "op us", "topk_prune us", "topk loop us", "loop/op", "loop/topk_prune", "floor us", "op/floor"],
+        table,
+    )
     return s
 
 
 def section_compaction(quick: bool) -> Section:
-    s = Section("KV-cache compaction microbenchmark (CPU)",
-                "Median time of `sd.compact_kv_cache_` (in place) vs `index_select` + `copy_` on 32-64 MiB caches, "
-                "and the floor: a plain `copy_` of exactly the bytes that must move (rows with kept[i] != i).")
+    s = Section(
+        "KV-cache compaction microbenchmark (CPU)",
+        "Median time of `sd.compact_kv_cache_` (in place) vs `index_select` + `copy_` on 32-64 MiB caches, "
+        "and the floor: a plain `copy_` of exactly the bytes that must move (rows with kept[i] != i).",
+    )
     from bench import bench_compact_kv as module
+
     reps, seconds = (3, 0.2) if quick else (10, 1.0)
     layouts = module.LAYOUTS[:1] if quick else module.LAYOUTS
     table = []
@@ -188,15 +226,34 @@ def section_compaction(quick: bool) -> Section:
         for pattern in module.PATTERNS:
             moved, t_compact, t_copy, t_index = module.bench_case(shape, batch_dim, dtype, pattern, reps, seconds)
             gbs = lambda ms: moved / ms / 1e6  # noqa: E731
-            row = [name, pattern, f"{moved / 2**20:.1f}", f"{t_compact:.2f}", f"{gbs(t_compact):.1f}",
-                   f"{t_index:.2f}", f"{t_index / t_compact:.2f}x", f"{t_copy:.2f}", f"{t_compact / t_copy:.2f}x"]
+            row = [
+                name,
+                pattern,
+                f"{moved / 2**20:.1f}",
+                f"{t_compact:.2f}",
+                f"{gbs(t_compact):.1f}",
+                f"{t_index:.2f}",
+                f"{t_index / t_compact:.2f}x",
+                f"{t_copy:.2f}",
+                f"{t_compact / t_copy:.2f}x",
+            ]
             table.append(row)
             print("  " + "  ".join(row), flush=True)
-    header = ["layout", "kept set", "MiB moved", "compact ms", "GB/s", "index_select ms", "index/compact",
-              "floor (copy) ms", "compact/floor"]
+    header = [
+        "layout",
+        "kept set",
+        "MiB moved",
+        "compact ms",
+        "GB/s",
+        "index_select ms",
+        "index/compact",
+        "floor (copy) ms",
+        "compact/floor",
+    ]
     print_table(header, table)
     s.table(header, table)
     return s
+
 
 # ----------------------------------------------------------------------------- GPU report, seed
 
@@ -204,32 +261,40 @@ def section_compaction(quick: bool) -> Section:
 def section_gpu(quick: bool) -> Section:
     from bench import gpu_report
 
-    s = Section("GPU readiness report (no GPU: compiler output and a bytes MODEL)",
-                "Every Triton launch in the kernels' `aot_cases()` compiled ahead of time "
-                f"({'sm_90 only in --quick' if quick else 'sm_80, sm_90, gfx942'}): registers, spills, shared memory, "
-                "the widths of its global loads (16 B = vectorised streaming; 8/4/2/1 B are metadata, gathers, or "
-                "unvectorised streams). Then a model, **not a measurement**: DRAM bytes "
-                "per call for the minimum, this package's kernel and the peers' designs, and the H100 time floor at "
-                "3.35 TB/s (launch latency not included).")
+    s = Section(
+        "GPU readiness report (no GPU: compiler output and a bytes MODEL)",
+        "Every Triton launch in the kernels' `aot_cases()` compiled ahead of time "
+        f"({'sm_90 only in --quick' if quick else 'sm_80, sm_90, gfx942'}): registers, spills, shared memory, "
+        "the widths of its global loads (16 B = vectorised streaming; 8/4/2/1 B are metadata, gathers, or "
+        "unvectorised streams). Then a model, **not a measurement**: DRAM bytes "
+        "per call for the minimum, this package's kernel and the peers' designs, and the H100 time floor at "
+        "3.35 TB/s (launch latency not included).",
+    )
     out = gpu_report.run(quick)
     rows = out["compile"]
     ok = [r for r in rows if r["ok"]]
     spilling = [f"{r['name']}@{r['target']}" for r in ok if r["spills"]]
     narrow = [f"{r['name']}@{r['target']}" for r in ok if r["widest_load"] < 16]
-    summary = (f"{len(ok)} of {len(rows)} (case, target) compiles succeeded; spills: "
-               f"{', '.join(spilling) if spilling else 'none'}. Without any 16-byte load: "
-               f"{', '.join(narrow) if narrow else 'none'}.")
+    summary = (
+        f"{len(ok)} of {len(rows)} (case, target) compiles succeeded; spills: "
+        f"{', '.join(spilling) if spilling else 'none'}. Without any 16-byte load: "
+        f"{', '.join(narrow) if narrow else 'none'}."
+    )
     print("\n" + summary, flush=True)
-    s.text(summary + " (Narrow-only cases are expected for `topk_prune`, which reads one reward per lane "
-           "and is launch-bound, and for the BLOCK=128 compaction tile, whose 128 lanes cover head_dim-sized runs; "
-           "any other streaming kernel without 16-byte loads reads its rows with narrow loads.)")
+    s.text(
+        summary + " (Narrow-only cases are expected for `topk_prune`, which reads one reward per lane "
+        "and is launch-bound, and for the BLOCK=128 compaction tile, whose 128 lanes cover head_dim-sized runs; "
+        "any other streaming kernel without 16-byte loads reads its rows with narrow loads.)"
+    )
     s.table(gpu_report.COMPILE_HEADER, out["compile_table"], "**Compiled kernels**")
-    s.text(f"Bytes model assumptions: per-draft-token acceptance {out['acceptance']} (i.i.d.), so a row samples a "
-           "residual with probability 1 - a^K and the bonus row otherwise; a gather costs one 32-byte sector; "
-           "`specdecode kernel (<=)` counts both passes over the sampled row (sum, then a scan that stops at the hit "
-           "and may be served from L2), an upper bound; peers' designs as read in "
-           "`/work/shared/research/peers_rejection.md` §1-4, with element-wise ops fused (their real traffic is at "
-           "least this). Compaction rows are a Llama-3-8B KV cache row: 32 layers x (K, V) x 8 heads x S x 128 x bf16.")
+    s.text(
+        f"Bytes model assumptions: per-draft-token acceptance {out['acceptance']} (i.i.d.), so a row samples a "
+        "residual with probability 1 - a^K and the bonus row otherwise; a gather costs one 32-byte sector; "
+        "`specdecode kernel (<=)` counts both passes over the sampled row (sum, then a scan that stops at the hit "
+        "and may be served from L2), an upper bound; peers' designs as read in "
+        "`/work/shared/research/peers_rejection.md` §1-4, with element-wise ops fused (their real traffic is at "
+        "least this). Compaction rows are a Llama-3-8B KV cache row: 32 layers x (K, V) x 8 heads x S x 128 x bf16."
+    )
     for op, table in out["bytes"].items():
         s.table(gpu_report.BYTES_HEADER, table, f"**{op}: bytes moved per call (model)**")
     if len(ok) < len(rows) or spilling:
@@ -241,12 +306,14 @@ def section_seed(quick: bool) -> Section:
     from bench import seed_experiment as se
 
     samples = 200_000 if quick else 1_000_000
-    s = Section("Seed 2's experiments: losslessness",
-                f"{samples:,} speculative samples of the first token for four fixed (p, q) pairs: std of "
-                f"(empirical - q) over the vocabulary (the seed reports {se.SEED_REPORTED_STD:.3e} for Llama-3-8B + "
-                "EAGLE at 1M samples; the number scales with 1/sqrt(N) and the vocabulary) next to the sampling-noise "
-                "expectation sqrt(mean q(1-q)/N), and the chi-square goodness-of-fit p-value (large = consistent "
-                "with q). Then greedy: plain and speculative decoding must give identical text.")
+    s = Section(
+        "Seed 2's experiments: losslessness",
+        f"{samples:,} speculative samples of the first token for four fixed (p, q) pairs: std of "
+        f"(empirical - q) over the vocabulary (the seed reports {se.SEED_REPORTED_STD:.3e} for Llama-3-8B + "
+        "EAGLE at 1M samples; the number scales with 1/sqrt(N) and the vocabulary) next to the sampling-noise "
+        "expectation sqrt(mean q(1-q)/N), and the chi-square goodness-of-fit p-value (large = consistent "
+        "with q). Then greedy: plain and speculative decoding must give identical text.",
+    )
     out = se.run(samples, greedy_tokens=80 if quick else 160)
     if out["note"]:
         s.text(f"NOTE: {out['note']}.")
@@ -256,12 +323,15 @@ def section_seed(quick: bool) -> Section:
     if greedy is None:
         s.text("Greedy: shipped weights not found, skipped.")
     else:
-        s.text(f"Greedy, temperature 0, K = {greedy['K']}: **tokens identical = {greedy['identical_tokens']}** "
-               f"(mean accepted length {greedy['mean_accepted_length']:.2f}).")
+        s.text(
+            f"Greedy, temperature 0, K = {greedy['K']}: **tokens identical = {greedy['identical_tokens']}** "
+            f"(mean accepted length {greedy['mean_accepted_length']:.2f})."
+        )
         for prompt, a, b in zip(greedy["prompts"], greedy["plain"], greedy["speculative"]):
             s.text(f"Prompt `{prompt!r}`:")
             s.code(f"{'sd.generate':<56} | sd.speculative_generate\n{'-' * 56}-+-{'-' * 56}\n" + se.side_by_side(a, b))
     return s
+
 
 # ----------------------------------------------------------------------------- end to end
 
@@ -279,30 +349,47 @@ def parse_e2e_output(text: str) -> list[dict]:
         method = cells[1]
         k = 0 if method == "plain" else int(method.split("K=")[1])
         hist = [int(x) for x in cells[6].strip("[]").split(",")] if k and len(cells) > 6 and cells[6] else None
-        rows.append({"batch": int(cells[0]), "temperature": temperature, "k": k, "tokens_per_s": float(cells[2]),
-                     "hist": hist, "same_text": cells[7] if len(cells) > 7 else ""})
+        rows.append(
+            {
+                "batch": int(cells[0]),
+                "temperature": temperature,
+                "k": k,
+                "tokens_per_s": float(cells[2]),
+                "hist": hist,
+                "same_text": cells[7] if len(cells) > 7 else "",
+            }
+        )
     return rows
 
 
 def section_e2e(quick: bool) -> Section:
-    s = Section("Speculative decoding end to end (CPU, shipped pair)",
-                "Tokens/s of `sd.speculative_generate` vs `sd.generate` on the shipped (target, draft) pair for "
-                "several K and batch sizes, mean accepted length, acceptance rate and the accepted-length "
-                "histogram (from `bench/bench_e2e.py`).")
+    s = Section(
+        "Speculative decoding end to end (CPU, shipped pair)",
+        "Tokens/s of `sd.speculative_generate` vs `sd.generate` on the shipped (target, draft) pair for "
+        "several K and batch sizes, mean accepted length, acceptance rate and the accepted-length "
+        "histogram (from `bench/bench_e2e.py`).",
+    )
     from bench import bench_e2e as module
     from bench.seed_experiment import weights_available
+
     if not weights_available():
-        s.text("Shipped weights (specdecode/decoder/weights/*.pt) not found: section skipped "
-               "(train them with `python -m specdecode.decoder.train`).")
+        s.text(
+            "Shipped weights (specdecode/decoder/weights/*.pt) not found: section skipped "
+            "(train them with `python -m specdecode.decoder.train`)."
+        )
         return s
     _, text = call_main(module, quick)
     s.text(as_markdown(text))  # its markdown tables, as printed
     rows = parse_e2e_output(text)
     s.image(plots.plot_e2e_throughput(rows, os.path.join(OUT_DIR, "e2e_tokens_per_s.png")))
-    hists = {f"K={r['k']}, batch {r['batch']}, {'greedy' if r['temperature'] == 0 else 'T=%g' % r['temperature']}":
-             r["hist"] for r in rows if r["hist"] and r["batch"] == min(x["batch"] for x in rows)}
+    hists = {
+        f"K={r['k']}, batch {r['batch']}, {'greedy' if r['temperature'] == 0 else 'T=%g' % r['temperature']}": r["hist"]
+        for r in rows
+        if r["hist"] and r["batch"] == min(x["batch"] for x in rows)
+    }
     s.image(plots.plot_acceptance_histogram(hists, os.path.join(OUT_DIR, "e2e_acceptance_histogram.png")))
     return s
+
 
 # ----------------------------------------------------------------------------- Speculative Rejection
 
@@ -325,8 +412,9 @@ def _correlations(per_prompt_partial: list[list[float]], finals: list[list[float
 
 
 @torch.no_grad()
-def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, taus: tuple[int, ...],
-                                temperature: float = 1.0, seed: int = 0) -> dict:
+def partial_vs_final_likelihood(
+    num_prompts: int, n: int, length: int, taus: tuple[int, ...], temperature: float = 1.0, seed: int = 0
+) -> dict:
     """The seed's Figure 2 with the seed's likelihood reward (its Table 2 setting): ``n`` sampled
     responses per prompt from the target, each scored by its mean log-likelihood under the target
     over its first ``tau`` tokens (partial, for every ``tau`` in ``taus``) and over the whole
@@ -345,68 +433,114 @@ def partial_vs_final_likelihood(num_prompts: int, n: int, length: int, taus: tup
     target, _ = load_pair()
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_prompts)]
     gen = torch.Generator().manual_seed(seed)
-    out = speculative_rejection(target, LogLikelihoodReward(target), prompts, n, 0.0, length,
-                                decision_tokens=tuple(taus), temperature=temperature, generator=gen)
+    out = speculative_rejection(
+        target,
+        LogLikelihoodReward(target),
+        prompts,
+        n,
+        0.0,
+        length,
+        decision_tokens=tuple(taus),
+        temperature=temperature,
+        generator=gen,
+    )
     per_tau = {}
     for tau, round_stats in zip(taus, out.stats["rounds"]):
         xs_per_prompt, ys_per_prompt = [], []
         for g, rewards in enumerate(round_stats["rewards"]):
             live = (out.candidate_num_tokens[g] > tau).nonzero().flatten().tolist()
             if len(live) != len(rewards):
-                raise RuntimeError(f"prompt {g}: {len(rewards)} partial rewards for {len(live)} candidates live at {tau}")
+                raise RuntimeError(
+                    f"prompt {g}: {len(rewards)} partial rewards for {len(live)} candidates live at {tau}"
+                )
             xs_per_prompt.append([float(r) for r in rewards])
             ys_per_prompt.append([float(out.candidate_rewards[g, c]) for c in live])
         within, pooled = _correlations(xs_per_prompt, ys_per_prompt)
-        per_tau[tau] = {"partial": sum(xs_per_prompt, []), "final": sum(ys_per_prompt, []),
-                        "group": [g for g, xs in enumerate(xs_per_prompt) for _ in xs],
-                        "within_corr": within, "corr": pooled}
+        per_tau[tau] = {
+            "partial": sum(xs_per_prompt, []),
+            "final": sum(ys_per_prompt, []),
+            "group": [g for g, xs in enumerate(xs_per_prompt) for _ in xs],
+            "within_corr": within,
+            "corr": pooled,
+        }
     return {"per_tau": per_tau, "length": length, "prompts": num_prompts, "n": n}
 
 
 def section_spr(quick: bool) -> Section:
-    s = Section("Speculative Rejection vs Best-of-N",
-                "Reward reached vs compute (tokens generated, wall time) for Best-of-N and Speculative Rejection "
-                "(from `bench/bench_best_of_n.py`), and the seed's Figure 2: the reward of a partial response at a "
-                "decision token tau against the final reward, with their correlation.")
+    s = Section(
+        "Speculative Rejection vs Best-of-N",
+        "Reward reached vs compute (tokens generated, wall time) for Best-of-N and Speculative Rejection "
+        "(from `bench/bench_best_of_n.py`), and the seed's Figure 2: the reward of a partial response at a "
+        "decision token tau against the final reward, with their correlation.",
+    )
     from bench import bench_best_of_n as module
     from bench import seed_experiment
-    argv = ((["--quick"] if quick else []) + (["--threads", str(THREADS)] if THREADS else [])
-            + (["--weights-dir", seed_experiment.WEIGHTS_DIR] if seed_experiment.WEIGHTS_DIR else []))
+
+    argv = (
+        (["--quick"] if quick else [])
+        + (["--threads", str(THREADS)] if THREADS else [])
+        + (["--weights-dir", seed_experiment.WEIGHTS_DIR] if seed_experiment.WEIGHTS_DIR else [])
+    )
     result, text = capture(module.main, argv)
     s.text(as_markdown(text) if "|" in text else f"```\n{text}\n```")
     curves = spr_curves(result, text)
     if curves["tokens"]:
-        s.image(plots.plot_reward_vs_compute(curves["tokens"], os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"),
-                                             "tokens generated (all candidates)"))
+        s.image(
+            plots.plot_reward_vs_compute(
+                curves["tokens"], os.path.join(OUT_DIR, "spr_reward_vs_tokens.png"), "tokens generated (all candidates)"
+            )
+        )
     if curves["seconds"]:
-        s.image(plots.plot_reward_vs_compute(curves["seconds"], os.path.join(OUT_DIR, "spr_reward_vs_seconds.png"),
-                                             "wall time (s)"))
+        s.image(
+            plots.plot_reward_vs_compute(
+                curves["seconds"], os.path.join(OUT_DIR, "spr_reward_vs_seconds.png"), "wall time (s)"
+            )
+        )
     for axis in ("tokens", "seconds"):
         table = speedup_at_equal_reward(curves[axis])
         if table:
-            s.table(["run", axis, "reward", f"Best-of-N {axis} for that reward", "speedup at equal reward"], table,
-                    f"**Speedup at equal reward ({axis}; Best-of-N interpolated log-linearly in {axis})**")
+            s.table(
+                ["run", axis, "reward", f"Best-of-N {axis} for that reward", "speedup at equal reward"],
+                table,
+                f"**Speedup at equal reward ({axis}; Best-of-N interpolated log-linearly in {axis})**",
+            )
             print_table(["run", axis, "reward", f"Best-of-N {axis}", "speedup"], table)
     if not (curves["tokens"] or curves["seconds"]):
         s.text("(No reward-vs-compute columns recognised in bench_best_of_n's output: no figure.)")
     from bench.seed_experiment import weights_available
+
     if not weights_available():
         s.text("Partial vs final reward: shipped weights not found, skipped.")
         return s
     prompts, n, length, taus, shown = (4, 16, 96, (8, 24, 48), 24) if quick else (8, 64, 256, (16, 32, 64, 128), 64)
-    print(f"partial vs final likelihood reward: {prompts} prompts x {n} responses of up to {length} tokens, "
-          f"tau = {taus} ...", flush=True)
+    print(
+        f"partial vs final likelihood reward: {prompts} prompts x {n} responses of up to {length} tokens, "
+        f"tau = {taus} ...",
+        flush=True,
+    )
     pf = partial_vs_final_likelihood(prompts, n, length, taus)
-    table = [[tau, len(r["partial"]), f"{r['within_corr']:.3f}", f"{r['corr']:.3f}"] for tau, r in pf["per_tau"].items()]
+    table = [
+        [tau, len(r["partial"]), f"{r['within_corr']:.3f}", f"{r['corr']:.3f}"] for tau, r in pf["per_tau"].items()
+    ]
     header = ["decision token tau", "responses live at tau", "Pearson r within a prompt (mean)", "pooled r"]
     print_table(header, table)
-    s.text(f"Partial vs final reward (reward = mean log-likelihood under the target, the seed's Table 2 setting; "
-           f"{prompts} prompts x {n} sampled responses of up to {length} tokens, T = 1). The within-prompt r is what "
-           f"pruning relies on (it ranks the candidates of one prompt); pooling prompts adds between-prompt spread.")
+    s.text(
+        f"Partial vs final reward (reward = mean log-likelihood under the target, the seed's Table 2 setting; "
+        f"{prompts} prompts x {n} sampled responses of up to {length} tokens, T = 1). The within-prompt r is what "
+        f"pruning relies on (it ranks the candidates of one prompt); pooling prompts adds between-prompt spread."
+    )
     s.table(header, table)
     r = pf["per_tau"][shown]
-    s.image(plots.plot_partial_vs_final(r["partial"], r["final"], r["within_corr"], shown,
-                                        os.path.join(OUT_DIR, "spr_partial_vs_final.png"), groups=r["group"]))
+    s.image(
+        plots.plot_partial_vs_final(
+            r["partial"],
+            r["final"],
+            r["within_corr"],
+            shown,
+            os.path.join(OUT_DIR, "spr_partial_vs_final.png"),
+            groups=r["group"],
+        )
+    )
     return s
 
 
@@ -454,9 +588,17 @@ def spr_curves(result, text: str) -> dict[str, dict[str, list[tuple[float, float
         if reward is None or (tokens is None and seconds is None):
             continue
         for row in rows:
-            label = " ".join(x for x in ((row[method] if method is not None else ""),
-                                         (f"alpha={row[alpha]}" if alpha is not None and _number(row[alpha]) is not None
-                                          else "")) if x).strip() or "runs"
+            label = (
+                " ".join(
+                    x
+                    for x in (
+                        (row[method] if method is not None else ""),
+                        (f"alpha={row[alpha]}" if alpha is not None and _number(row[alpha]) is not None else ""),
+                    )
+                    if x
+                ).strip()
+                or "runs"
+            )
             y = _number(row[reward]) if reward < len(row) else None
             for axis, col in (("tokens", tokens), ("seconds", seconds)):
                 x = _number(row[col]) if col is not None and col < len(row) else None
@@ -513,11 +655,16 @@ ALIASES = {"ops": ["verifier", "pruning", "compaction"]}
 
 def write_report(sections: list[Section], quick: bool, argv: list[str], seconds: float) -> str:
     os.makedirs(OUT_DIR, exist_ok=True)
-    lines = ["# specdecode benchmark report", "",
-             f"Command: `python -m bench {' '.join(argv)}`" + (" (quick mode: small sizes)" if quick else ""), "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, no GPU. "
-             f"Wall time {seconds:.0f} s. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    lines = [
+        "# specdecode benchmark report",
+        "",
+        f"Command: `python -m bench {' '.join(argv)}`" + (" (quick mode: small sizes)" if quick else ""),
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, no GPU. "
+        f"Wall time {seconds:.0f} s. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+    ]
     for sec in sections:
         lines += [f"## {sec.title}{' (FAILED)' if sec.failed else ''}", "", sec.about, ""]
         for chunk in sec.body:
@@ -533,12 +680,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
-    parser.add_argument("--weights", default=None,
-                        help="(target, draft) directory for the seed and spr sections instead of the shipped pair "
-                             "(bench_e2e always uses the shipped pair)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for every section, passed on to the benchmarks that take --threads "
-                             "(default: each benchmark's own; on a shared machine 1 avoids OpenMP spin stalls)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="(target, draft) directory for the seed and spr sections instead of the shipped pair "
+        "(bench_e2e always uses the shipped pair)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every section, passed on to the benchmarks that take --threads "
+        "(default: each benchmark's own; on a shared machine 1 avoids OpenMP spin stalls)",
+    )
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)}, ops (default: all)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -558,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(THREADS)
     if args.weights:
         from bench import seed_experiment
+
         seed_experiment.WEIGHTS_DIR = args.weights
     if not plots.have_matplotlib():
         print("(matplotlib not installed: tables only; `pip install -e .[bench]` for the figures)")

@@ -24,6 +24,7 @@ points), peak KV (largest live KV of the run), and for Speculative Rejection the
 needs for the same reward (its curve over N, interpolated in log tokens, as the paper reads its
 speedups) with the ratio ``those tokens / SpecRej tokens`` (> 1: Speculative Rejection is cheaper).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,18 @@ def make_reward(kind: str, target):
     raise ValueError(f"unknown reward {kind!r}: loglik or rm")
 
 
-def run(ns=(4, 8, 16, 32, 64, 128, 256), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PROMPTS, max_new_tokens: int = 64,
-        reward: str = "loglik", seed: int = 0, budget_fraction: float = 1 / 4, weights_dir: str | None = None,
-        decision_tokens=None, log=print) -> list[dict]:
+def run(
+    ns=(4, 8, 16, 32, 64, 128, 256),
+    alphas=(0.3, 0.5, 0.7, 0.9),
+    prompts=PROMPTS,
+    max_new_tokens: int = 64,
+    reward: str = "loglik",
+    seed: int = 0,
+    budget_fraction: float = 1 / 4,
+    weights_dir: str | None = None,
+    decision_tokens=None,
+    log=print,
+) -> list[dict]:
     """One Best-of-N row per N and one Speculative Rejection row per (N, alpha): a list of dicts
     with ``method``, ``N``, ``alpha``, ``reward``, ``ppl``, ``tokens``, ``seconds``, ``forwards``,
     ``model_tokens``, ``rounds``, ``live_after_rounds``, ``peak_kv_bytes``, ``memory_budget``.
@@ -77,14 +87,23 @@ def run(ns=(4, 8, 16, 32, 64, 128, 256), alphas=(0.3, 0.5, 0.7, 0.9), prompts=PR
                 when = {"decision_tokens": decision_tokens} if decision_tokens else {"memory_budget": budget}
                 out = sd.speculative_rejection(target, scorer, prompts, n, alpha, **when, **common)
             s = out.stats
-            rows.append({
-                "method": method, "N": n, "alpha": alpha, "reward": float(out.rewards.mean()),
-                "ppl": float(torch.exp(-out.rewards).mean()) if reward == "loglik" else math.nan,
-                "tokens": s["tokens_generated"], "seconds": s["seconds"], "forwards": s["forwards"],
-                "model_tokens": s["model_tokens"], "rounds": len(s["rounds"]),
-                "live_after_rounds": [sum(r["kept_per_prompt"]) for r in s["rounds"]],
-                "peak_kv_bytes": s["peak_kv_bytes"],
-                "memory_budget": budget if alpha is not None and not decision_tokens else None})
+            rows.append(
+                {
+                    "method": method,
+                    "N": n,
+                    "alpha": alpha,
+                    "reward": float(out.rewards.mean()),
+                    "ppl": float(torch.exp(-out.rewards).mean()) if reward == "loglik" else math.nan,
+                    "tokens": s["tokens_generated"],
+                    "seconds": s["seconds"],
+                    "forwards": s["forwards"],
+                    "model_tokens": s["model_tokens"],
+                    "rounds": len(s["rounds"]),
+                    "live_after_rounds": [sum(r["kept_per_prompt"]) for r in s["rounds"]],
+                    "peak_kv_bytes": s["peak_kv_bytes"],
+                    "memory_budget": budget if alpha is not None and not decision_tokens else None,
+                }
+            )
             log(f" reward {rows[-1]['reward']:.4f}, {rows[-1]['tokens']} tokens, {s['seconds']:.1f} s", flush=True)
     _add_bon_equivalents(rows)
     return rows
@@ -126,15 +145,19 @@ def _add_bon_equivalents(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB | BoN tokens for this reward (ratio) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    lines = [
+        "| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB | BoN tokens for this reward (ratio) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
     for r in rows:
         equiv = r.get("bon_equiv") or ""
         live = " -> ".join(str(x) for x in r["live_after_rounds"])
         ppl = "-" if math.isnan(r["ppl"]) else f"{r['ppl']:.1f}"
-        lines.append(f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {ppl} | {r['tokens']} | "
-                     f"{r['seconds']:.2f} | {r['forwards']} | {r['rounds']}{f' ({live})' if live else ''} | "
-                     f"{r['peak_kv_bytes'] / 2 ** 20:.1f} | {equiv} |")
+        lines.append(
+            f"| {r['method']} | {r['N']} | {r['reward']:.4f} | {ppl} | {r['tokens']} | "
+            f"{r['seconds']:.2f} | {r['forwards']} | {r['rounds']}{f' ({live})' if live else ''} | "
+            f"{r['peak_kv_bytes'] / 2**20:.1f} | {equiv} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,13 +170,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--num-prompts", type=int)
     parser.add_argument("--reward", choices=["loglik", "rm"], default="loglik")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-fraction", type=float, default=1 / 4,
-                        help="memory budget = KV of the N candidates at prompt + this fraction of max-new-tokens")
-    parser.add_argument("--decision-tokens", type=int, nargs="+",
-                        help="decide at these tokens per row instead of by memory")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine OpenMP threads spinning against "
-                             "other processes made a 2-thread run 13x slower than a 1-thread one)")
+    parser.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=1 / 4,
+        help="memory budget = KV of the N candidates at prompt + this fraction of max-new-tokens",
+    )
+    parser.add_argument(
+        "--decision-tokens", type=int, nargs="+", help="decide at these tokens per row instead of by memory"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine OpenMP threads spinning against "
+        "other processes made a 2-thread run 13x slower than a 1-thread one)",
+    )
     parser.add_argument("--weights-dir", help="a pair trained with python -m specdecode.decoder.train --out DIR")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
@@ -168,21 +200,36 @@ def _main(args) -> list[dict]:
     ns = args.ns or ([4, 16, 64] if args.quick else [4, 8, 16, 32, 64, 128, 256])
     alphas = args.alphas or ([0.5, 0.9] if args.quick else [0.3, 0.5, 0.7, 0.9])
     max_new = args.max_new_tokens or (32 if args.quick else 64)
-    prompts = PROMPTS[:args.num_prompts or (4 if args.quick else 8)]
+    prompts = PROMPTS[: args.num_prompts or (4 if args.quick else 8)]
     from specdecode.decoder.generate import WEIGHTS_DIR
 
     weights_dir = args.weights_dir or WEIGHTS_DIR
     if not all(os.path.exists(os.path.join(weights_dir, f"{m}.pt")) for m in ("target", "draft")):
         print(f"weights not found in {weights_dir}: train them with python -m specdecode.decoder.train")
         return []
-    print(f"Speculative Rejection vs Best-of-N: {len(prompts)} prompts in one batch, up to {max_new} new tokens, "
-          f"T = 1, reward = {args.reward}, seed {args.seed}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"Speculative Rejection vs Best-of-N: {len(prompts)} prompts in one batch, up to {max_new} new tokens, "
+        f"T = 1, reward = {args.reward}, seed {args.seed}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     start = time.perf_counter()
-    rows = run(ns, alphas, prompts, max_new, args.reward, args.seed, budget_fraction=args.budget_fraction,
-               weights_dir=args.weights_dir, decision_tokens=args.decision_tokens)
-    rule = (f"at tokens {args.decision_tokens}" if args.decision_tokens else
-            f"by memory: the KV of its N candidates at prompt + {max(1, int(max_new * args.budget_fraction))} tokens")
+    rows = run(
+        ns,
+        alphas,
+        prompts,
+        max_new,
+        args.reward,
+        args.seed,
+        budget_fraction=args.budget_fraction,
+        weights_dir=args.weights_dir,
+        decision_tokens=args.decision_tokens,
+    )
+    rule = (
+        f"at tokens {args.decision_tokens}"
+        if args.decision_tokens
+        else f"by memory: the KV of its N candidates at prompt + {max(1, int(max_new * args.budget_fraction))} tokens"
+    )
     print(f"\n{format_table(rows)}\n\n(total {time.perf_counter() - start:.0f} s; SpecRej decides {rule})")
     return rows
 

@@ -13,6 +13,7 @@ bytes moved ÷ median time. Contenders, on the same cache and kept set:
   PyTorch way; allocates a temporary of N' rows and moves every kept row twice.
 Caches are 128 MiB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,17 +70,21 @@ def main() -> None:
     reps, seconds = (3, 0.2) if args.quick else (10, 1.0)
     layouts = LAYOUTS[:1] if args.quick else LAYOUTS
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GB/s = bytes moved / median time")
-    header = (f"{'layout':<20} {'kept set':<11} {'MiB moved':>9} {'compact ms':>10} {'GB/s':>6} "
-              f"{'copy ms':>8} {'GB/s':>6} {'index_select ms':>15} {'GB/s':>6} {'compact/copy':>12}")
+    header = (
+        f"{'layout':<20} {'kept set':<11} {'MiB moved':>9} {'compact ms':>10} {'GB/s':>6} "
+        f"{'copy ms':>8} {'GB/s':>6} {'index_select ms':>15} {'GB/s':>6} {'compact/copy':>12}"
+    )
     print(header)
     print("-" * len(header))
     for name, shape, batch_dim, dtype in layouts:
         for pattern in PATTERNS:
             moved, t_compact, t_copy, t_index = bench_case(shape, batch_dim, dtype, pattern, reps, seconds)
             gbps = lambda ms: moved / ms / 1e6  # noqa: E731
-            print(f"{name:<20} {pattern:<11} {moved / 2**20:>9.1f} {t_compact:>10.2f} {gbps(t_compact):>6.1f} "
-                  f"{t_copy:>8.2f} {gbps(t_copy):>6.1f} {t_index:>15.2f} {gbps(t_index):>6.1f} "
-                  f"{t_copy / t_compact:>11.0%}")
+            print(
+                f"{name:<20} {pattern:<11} {moved / 2**20:>9.1f} {t_compact:>10.2f} {gbps(t_compact):>6.1f} "
+                f"{t_copy:>8.2f} {gbps(t_copy):>6.1f} {t_index:>15.2f} {gbps(t_index):>6.1f} "
+                f"{t_copy / t_compact:>11.0%}"
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ the same result for every M <= 32 rows per call on the machine measured and chan
 above, so when a verify pass has B*(K+1) > 32 rows a near-tie in the target's logits can fall the
 other way than in a one-token step, and the row's text diverges from there on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,13 @@ def forward_costs(target, draft, reps: int) -> list[tuple[str, float]]:
         model(torch.randint(0, 256, (1, 200)), cache=cache)
         for T in (1, 6, 9):
             tokens = torch.randint(0, 256, (1, T))
-            rows.append((f"{name} ({model.num_parameters() / 1e6:.2f}M params, {str(model.dtype)[6:]}), batch 1, "
-                         f"{T} token(s) at pos 200",
-                         median_ms(lambda: model(tokens, torch.tensor([200]), cache), reps)))
+            rows.append(
+                (
+                    f"{name} ({model.num_parameters() / 1e6:.2f}M params, {str(model.dtype)[6:]}), batch 1, "
+                    f"{T} token(s) at pos 200",
+                    median_ms(lambda: model(tokens, torch.tensor([200]), cache), reps),
+                )
+            )
     return rows
 
 
@@ -50,7 +55,9 @@ def run(target, draft, batch_sizes, ks, temperatures, max_new_tokens, repeats):
     for temperature in temperatures:
         mode = "greedy" if temperature == 0 else f"sampling, T={temperature}"
         print(f"\n## {mode}, {max_new_tokens} new tokens per row")
-        print(f"| batch | method | tokens/s | speedup | mean accepted length | acceptance | accepted-length histogram | rows with plain's text |")
+        print(
+            f"| batch | method | tokens/s | speedup | mean accepted length | acceptance | accepted-length histogram | rows with plain's text |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for batch in batch_sizes:
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
@@ -59,20 +66,36 @@ def run(target, draft, batch_sizes, ks, temperatures, max_new_tokens, repeats):
             same = {k: 0 for k in ks}  # rows whose greedy text equals plain decoding's, over repeats
             for rep in range(repeats + 1):  # rep 0 warms up
                 gen = torch.Generator().manual_seed(rep)
-                plain = sd.generate(target, prompts, max_new_tokens, temperature=temperature, generator=gen, eos_id=None)
+                plain = sd.generate(
+                    target, prompts, max_new_tokens, temperature=temperature, generator=gen, eos_id=None
+                )
                 if rep:
                     plain_rates.append(plain.stats["tokens_per_second"])
                 for k in ks:
-                    spec = sd.speculative_generate(target, draft, prompts, max_new_tokens, num_draft_tokens=k,
-                                                   temperature=temperature, generator=gen, eos_id=None)
+                    spec = sd.speculative_generate(
+                        target,
+                        draft,
+                        prompts,
+                        max_new_tokens,
+                        num_draft_tokens=k,
+                        temperature=temperature,
+                        generator=gen,
+                        eos_id=None,
+                    )
                     if not rep:
                         continue
                     spec_rates[k].append(spec.stats["tokens_per_second"])
                     if temperature == 0:
                         same[k] += int((spec.tokens == plain.tokens).all(1).sum())
                     old = spec_stats[k]
-                    spec_stats[k] = spec.stats if old is None else {
-                        **spec.stats, "accepted_hist": [a + b for a, b in zip(old["accepted_hist"], spec.stats["accepted_hist"])]}
+                    spec_stats[k] = (
+                        spec.stats
+                        if old is None
+                        else {
+                            **spec.stats,
+                            "accepted_hist": [a + b for a, b in zip(old["accepted_hist"], spec.stats["accepted_hist"])],
+                        }
+                    )
             plain_rate = statistics.median(plain_rates)
             print(f"| {batch} | plain | {plain_rate:.0f} | 1.00x | 1 | | | |")
             for k in ks:
@@ -82,8 +105,11 @@ def run(target, draft, batch_sizes, ks, temperatures, max_new_tokens, repeats):
                 mean_len = sum((a + 1) * c for a, c in enumerate(hist)) / row_steps
                 acceptance = sum(a * c for a, c in enumerate(hist)) / (k * row_steps)
                 same_text = f"{same[k]}/{batch * repeats}" if temperature == 0 else "n/a"
-                print(f"| {batch} | speculative K={k} | {rate:.0f} | {rate / plain_rate:.2f}x | {mean_len:.2f} | "
-                      f"{acceptance:.2f} | {hist} | {same_text} |", flush=True)
+                print(
+                    f"| {batch} | speculative K={k} | {rate:.0f} | {rate / plain_rate:.2f}x | {mean_len:.2f} | "
+                    f"{acceptance:.2f} | {hist} | {same_text} |",
+                    flush=True,
+                )
 
 
 def main(argv=None):
@@ -91,13 +117,21 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: torch's default). One by default: on a shared 2-core machine "
-                             "two OpenMP threads stall whenever another process takes a core, which makes "
-                             "timings meaningless (forward passes measured 30-70x slower)")
-    parser.add_argument("--target-dtype", choices=["auto", "bfloat16", "float32"], default="auto",
-                        help="the target's dtype (auto: sd.default_dtypes, bf16 where bf16 matmuls are fast); "
-                             "the draft always runs in float32")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). One by default: on a shared 2-core machine "
+        "two OpenMP threads stall whenever another process takes a core, which makes "
+        "timings meaningless (forward passes measured 30-70x slower)",
+    )
+    parser.add_argument(
+        "--target-dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="the target's dtype (auto: sd.default_dtypes, bf16 where bf16 matmuls are fast); "
+        "the draft always runs in float32",
+    )
     parser.add_argument("--weights-dir", default=None, help="a pair trained with --out (default: the shipped pair)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -105,10 +139,12 @@ def main(argv=None):
     dtype = None if args.target_dtype == "auto" else (getattr(torch, args.target_dtype), torch.float32)
     target, draft = sd.load_pretrained(dtype=dtype, weights_dir=args.weights_dir)
     info = target.training_info
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shipped pair trained on {info.get('files')} "
-          f"stdlib files ({info.get('train_bytes')} bytes): target val loss {info.get('target_val_loss')}, draft "
-          f"{info.get('draft_val_loss')} nats/byte; teacher-forced acceptance {info.get('acceptance_sampled')} (T=1), "
-          f"{info.get('acceptance_greedy')} (greedy)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; shipped pair trained on {info.get('files')} "
+        f"stdlib files ({info.get('train_bytes')} bytes): target val loss {info.get('target_val_loss')}, draft "
+        f"{info.get('draft_val_loss')} nats/byte; teacher-forced acceptance {info.get('acceptance_sampled')} (T=1), "
+        f"{info.get('acceptance_greedy')} (greedy)"
+    )
     print("\n| forward pass | median ms |\n|---|---|")
     for name, ms in forward_costs(target, draft, reps=30 if args.quick else 100):
         print(f"| {name} | {ms:.2f} |")

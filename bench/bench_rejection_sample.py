@@ -17,6 +17,7 @@ target row it samples from, and the draft row when that sample is a residual) di
 copy bandwidth measured here on a buffer of the same size (bytes copied / time). Times are
 medians over repeated calls with warm caches, for every contender alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,18 +96,27 @@ def run(shapes, min_reps: int, min_seconds: float) -> list[dict]:
         row = {
             "shape": (batch, num_drafts, vocab),
             "accept_rate": float(out.num_accepted.float().mean()) / num_drafts,
-            "specdecode": median_ms(lambda: sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds),
-                                    min_reps, min_seconds),
-            "reference": median_ms(lambda: ref.rejection_sample(
-                draft_ids, draft_probs, target_probs, torch.zeros(batch, dtype=torch.bool), seeds, torch.tensor([0])),
-                max(3, min_reps // 10), min_seconds),
-            "multinomial": median_ms(lambda: multinomial_baseline(draft_ids, draft_probs, target_probs, gen),
-                                     max(3, min_reps // 10), min_seconds),
+            "specdecode": median_ms(
+                lambda: sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds), min_reps, min_seconds
+            ),
+            "reference": median_ms(
+                lambda: ref.rejection_sample(
+                    draft_ids, draft_probs, target_probs, torch.zeros(batch, dtype=torch.bool), seeds, torch.tensor([0])
+                ),
+                max(3, min_reps // 10),
+                min_seconds,
+            ),
+            "multinomial": median_ms(
+                lambda: multinomial_baseline(draft_ids, draft_probs, target_probs, gen),
+                max(3, min_reps // 10),
+                min_seconds,
+            ),
         }
         if hf is not None and batch == 1:
             logits_draft, logits_target = draft_probs.log(), target_probs.log()
-            row["hf"] = median_ms(lambda: hf(draft_ids, logits_draft, num_drafts, logits_target),
-                                  max(3, min_reps // 10), min_seconds)
+            row["hf"] = median_ms(
+                lambda: hf(draft_ids, logits_draft, num_drafts, logits_target), max(3, min_reps // 10), min_seconds
+            )
         nbytes = must_read_bytes(out.num_accepted, num_drafts, vocab, 4)
         row["floor"] = nbytes / (copy_bandwidth_gbs(nbytes, min_reps, min_seconds) * 1e9) * 1e3
         row["bytes"] = nbytes
@@ -117,13 +127,17 @@ def run(shapes, min_reps: int, min_seconds: float) -> list[dict]:
 
 def print_row(row: dict, header: bool, flush: bool = False) -> None:
     if header:
-        print(f"{'(B, K, V)':>20} {'accept':>6} {'specdecode':>10} {'reference':>10} {'multinom.':>10} {'hf':>8} "
-              f"{'ref/sd':>7} {'mult/sd':>7} {'floor':>8} {'sd/floor':>8}   (times: median ms)")
+        print(
+            f"{'(B, K, V)':>20} {'accept':>6} {'specdecode':>10} {'reference':>10} {'multinom.':>10} {'hf':>8} "
+            f"{'ref/sd':>7} {'mult/sd':>7} {'floor':>8} {'sd/floor':>8}   (times: median ms)"
+        )
     hf = f"{row['hf']:8.3f}" if "hf" in row else f"{'-':>8}"
-    print(f"{str(row['shape']):>20} {row['accept_rate']:6.2f} {row['specdecode']:10.3f} {row['reference']:10.3f} "
-          f"{row['multinomial']:10.3f} {hf} {row['reference'] / row['specdecode']:6.1f}x "
-          f"{row['multinomial'] / row['specdecode']:6.1f}x {row['floor']:8.3f} {row['specdecode'] / row['floor']:7.2f}x",
-          flush=flush)
+    print(
+        f"{str(row['shape']):>20} {row['accept_rate']:6.2f} {row['specdecode']:10.3f} {row['reference']:10.3f} "
+        f"{row['multinomial']:10.3f} {hf} {row['reference'] / row['specdecode']:6.1f}x "
+        f"{row['multinomial'] / row['specdecode']:6.1f}x {row['floor']:8.3f} {row['specdecode'] / row['floor']:7.2f}x",
+        flush=flush,
+    )
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,7 @@ Contenders, all producing the ascending kept indices of every prompt:
   as specdecode does, so it is a speed baseline only).
 Times are medians in microseconds over repeated calls.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ CANDIDATES = [8, 64, 256, 1024]
 def topk_loop(rewards: torch.Tensor, group_sizes: list[int], num_keep: list[int]) -> torch.Tensor:
     kept, start = [], 0
     for size, keep in zip(group_sizes, num_keep):
-        best = torch.topk(rewards[start:start + size], keep).indices
+        best = torch.topk(rewards[start : start + size], keep).indices
         kept.append(best.sort().values + start)
         start += size
     return torch.cat(kept)
@@ -60,8 +61,10 @@ def main() -> None:
             t_op = median_us(lambda: torch.ops.specdecode.topk_prune(rewards, sizes_t, keeps_t), reps, seconds)
             t_public = median_us(lambda: sd.topk_prune(rewards, group_sizes, 0.5), reps, seconds)
             t_loop = median_us(lambda: topk_loop(rewards, group_sizes, num_keep), reps, seconds)
-            print(f"{num_prompts:>3} {n:>5} {t_op:>9.1f} {t_public:>13.1f} {t_loop:>12.1f} "
-                  f"{t_loop / t_op:>7.1f}x {t_loop / t_public:>14.1f}x")
+            print(
+                f"{num_prompts:>3} {n:>5} {t_op:>9.1f} {t_public:>13.1f} {t_loop:>12.1f} "
+                f"{t_loop / t_op:>7.1f}x {t_loop / t_public:>14.1f}x"
+            )
 
 
 if __name__ == "__main__":

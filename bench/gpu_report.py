@@ -16,6 +16,7 @@ for the minimum the op must move, for this package's kernel, and for the designs
 3.35 TB/s (bytes / bandwidth; launch latency, ~2-5 us, is not included). Gathers count one
 32-byte sector each, the DRAM access granularity.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ SECTOR = 32  # bytes: the smallest DRAM transaction on NVIDIA GPUs; a gather of 
 ALL_TARGETS = ("sm_80", "sm_90", "gfx942")
 
 # ----------------------------------------------------------------------------- part 1: compile
+
 
 def compile_table(rows: list[dict]) -> list[list]:
     """One row per (case, target); a last column with the case's own ``bytes_moved`` (and its
@@ -45,8 +47,16 @@ def compile_table(rows: list[dict]) -> list[list]:
     return table
 
 
-COMPILE_HEADER = ["kernel [case]", "target", "registers", "spilled", "shared B", "load widths B", "16-B loads",
-                  "declared bytes/launch, H100 floor"]
+COMPILE_HEADER = [
+    "kernel [case]",
+    "target",
+    "registers",
+    "spilled",
+    "shared B",
+    "load widths B",
+    "16-B loads",
+    "declared bytes/launch, H100 floor",
+]
 
 # ----------------------------------------------------------------------------- part 2: bytes model
 
@@ -60,8 +70,8 @@ class Design:
 
 def accepted_distribution(num_drafts: int, acceptance: float) -> list[float]:
     """P(a = j drafts accepted), j = 0..K, for i.i.d. per-token acceptance."""
-    probs = [acceptance ** j * (1 - acceptance) for j in range(num_drafts)]
-    return probs + [acceptance ** num_drafts]
+    probs = [acceptance**j * (1 - acceptance) for j in range(num_drafts)]
+    return probs + [acceptance**num_drafts]
 
 
 def rejection_designs(batch: int, num_drafts: int, vocab: int, elem: int, acceptance: float) -> list[Design]:
@@ -86,9 +96,12 @@ def rejection_designs(batch: int, num_drafts: int, vocab: int, elem: int, accept
     # reads q_i, p_i and 1/E for every draft position; the bonus is sampled elsewhere (not counted).
     softmax = B * (K + 1) * V * (e + 4)
     vllm_v1 = io + softmax + B * V * 4 * 3 + full * (4 + e + 4) + gathers
-    designs = [Design("minimum", minimum), Design("specdecode kernel (<=)", ours),
-               Design("vLLM MRV1: softmax + per-position recovered", vllm_v1, B * (K + 1) * V * 4 + B * V * 8),
-               Design("vLLM v0 / torch: per-position residual + multinomial", per_position, full * 4)]
+    designs = [
+        Design("minimum", minimum),
+        Design("specdecode kernel (<=)", ours),
+        Design("vLLM MRV1: softmax + per-position recovered", vllm_v1, B * (K + 1) * V * 4 + B * V * 8),
+        Design("vLLM v0 / torch: per-position residual + multinomial", per_position, full * 4),
+    ]
     if B == 1:
         # HF _speculative_sampling: softmax of both logit tensors materialised, one residual row.
         # Residual row: p_j, q_j read, written, summed, normalised (read + write), multinomial.
@@ -109,8 +122,11 @@ def prune_designs(num_prompts: int, group: int, elem: int, keep_rate: float) -> 
     # Peers' usual PyTorch: view(P, n).topk(k) (values + int64 indices written), then a scatter
     # into a zeroed mask (mask written twice, indices read).
     topk = N * elem + keep * (elem + 8) + 2 * N + keep * 8
-    return [Design("minimum", minimum), Design("specdecode kernel", ours),
-            Design("torch: topk + scatter (uniform groups only)", topk, keep * (elem + 8))]
+    return [
+        Design("minimum", minimum),
+        Design("specdecode kernel", ours),
+        Design("torch: topk + scatter (uniform groups only)", topk, keep * (elem + 8)),
+    ]
 
 
 def compaction_designs(row_bytes: int, num_rows: int, kept: list[int]) -> list[Design]:
@@ -119,9 +135,12 @@ def compaction_designs(row_bytes: int, num_rows: int, kept: list[int]) -> list[D
     ours = minimum + len(kept) * 8
     index_select = 4 * len(kept) * row_bytes + len(kept) * 8  # gather into a temp, copy back
     out_of_place = 2 * len(kept) * row_bytes  # a second cache: every survivor copied
-    return [Design("minimum (rows that move, read + write)", minimum), Design("specdecode kernel (in place)", ours),
-            Design("index_select + copy_ (temp of N' rows)", index_select, len(kept) * row_bytes),
-            Design("copy survivors into a second cache", out_of_place, len(kept) * row_bytes)]
+    return [
+        Design("minimum (rows that move, read + write)", minimum),
+        Design("specdecode kernel (in place)", ours),
+        Design("index_select + copy_ (temp of N' rows)", index_select, len(kept) * row_bytes),
+        Design("copy survivors into a second cache", out_of_place, len(kept) * row_bytes),
+    ]
 
 
 def _kept_set(num_rows: int, keep_rate: float, seed: int = 0) -> list[int]:
@@ -139,11 +158,17 @@ REJECTION_SIZES = [  # (B, K, V, element bytes, label)
     (64, 16, 128256, 4, "vLLM PR #45369, fp32"),
     (128, 4, 151936, 4, "vLLM PR #53090 (Qwen), fp32"),
 ]
-PRUNE_SIZES = [(1, 1000, 4, "seed: N=1000, 1 prompt"), (8, 128, 4, "8 prompts x 128"), (64, 256, 2, "64 prompts x 256, bf16")]
+PRUNE_SIZES = [
+    (1, 1000, 4, "seed: N=1000, 1 prompt"),
+    (8, 128, 4, "8 prompts x 128"),
+    (64, 256, 2, "64 prompts x 256, bf16"),
+]
 # Llama-3-8B KV cache: 32 layers x (K, V) x 8 KV heads x S x 128 x bf16 per candidate row.
-COMPACTION_SIZES = [(64, 512, 0.5, "Llama-3-8B, 64 cand., S=512, keep 50%"),
-                    (64, 512, 0.1, "Llama-3-8B, 64 cand., S=512, keep 10%"),
-                    (256, 256, 0.3, "Llama-3-8B, 256 cand., S=256, keep 30%")]
+COMPACTION_SIZES = [
+    (64, 512, 0.5, "Llama-3-8B, 64 cand., S=512, keep 50%"),
+    (64, 512, 0.1, "Llama-3-8B, 64 cand., S=512, keep 10%"),
+    (256, 256, 0.3, "Llama-3-8B, 256 cand., S=256, keep 30%"),
+]
 
 
 def bytes_tables(acceptance: float = 0.7) -> dict[str, list[list]]:
@@ -153,9 +178,16 @@ def bytes_tables(acceptance: float = 0.7) -> dict[str, list[list]]:
     def add(op, label, designs):
         base = designs[0].bytes
         for d in designs:
-            tables[op].append([label, d.name, f"{d.bytes / 1e6:.3f}", f"{d.bytes / base:.2f}x",
-                               f"{d.bytes / H100_BYTES_PER_S * 1e6:.2f}",
-                               f"{d.temp_bytes / 2**20:.1f}" if d.temp_bytes else ""])
+            tables[op].append(
+                [
+                    label,
+                    d.name,
+                    f"{d.bytes / 1e6:.3f}",
+                    f"{d.bytes / base:.2f}x",
+                    f"{d.bytes / H100_BYTES_PER_S * 1e6:.2f}",
+                    f"{d.temp_bytes / 2**20:.1f}" if d.temp_bytes else "",
+                ]
+            )
 
     for B, K, V, e, label in REJECTION_SIZES:
         add("rejection_sample", f"B={B} K={K} V={V} ({label})", rejection_designs(B, K, V, e, acceptance))
@@ -177,17 +209,23 @@ def run(quick: bool = False, targets=None, name_filter: str | None = None, accep
     from bench.plots import print_table
 
     targets = list(targets or (("sm_90",) if quick else ALL_TARGETS))
-    print(f"AOT compile for {', '.join(targets)} (Triton's compiler, no GPU; a subprocess with TRITON_INTERPRET unset)",
-          flush=True)
+    print(
+        f"AOT compile for {', '.join(targets)} (Triton's compiler, no GPU; a subprocess with TRITON_INTERPRET unset)",
+        flush=True,
+    )
     rows = compile_in_subprocess(targets, name_filter)
     compile_rows = compile_table(rows)
     print_table(COMPILE_HEADER, compile_rows)
     tables = bytes_tables(acceptance)
-    print(f"\nMODEL, not a measurement: DRAM bytes per call and the H100 floor at {H100_BYTES_PER_S / 1e12:.2f} TB/s "
-          f"(rejection: i.i.d. acceptance {acceptance} per draft token; gathers = 32-B sectors)")
+    print(
+        f"\nMODEL, not a measurement: DRAM bytes per call and the H100 floor at {H100_BYTES_PER_S / 1e12:.2f} TB/s "
+        f"(rejection: i.i.d. acceptance {acceptance} per draft token; gathers = 32-B sectors)"
+    )
     for op, table in tables.items():
-        print(f"\n{op}" + ("  (well under 1 MB per call: launch latency, not bandwidth, bounds it)"
-                           if op == "topk_prune" else ""))
+        print(
+            f"\n{op}"
+            + ("  (well under 1 MB per call: launch latency, not bandwidth, bounds it)" if op == "topk_prune" else "")
+        )
         print_table(BYTES_HEADER, table)
     return {"compile": rows, "compile_table": compile_rows, "bytes": tables, "acceptance": acceptance}
 

@@ -4,6 +4,7 @@ Tables need nothing beyond the standard library. Figures need matplotlib (``pip 
 .[bench]``); without it every ``plot_*`` function returns ``None`` and the report keeps its tables.
 Each ``plot_*`` takes plain Python data (lists and dicts), writes one PNG and returns its path.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ def print_table(header: Sequence, rows: Sequence[Sequence]) -> None:
 def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
     def esc(v):
         return _cell(v).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -61,8 +63,10 @@ def parse_markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
 def _pyplot():
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         return plt
     except ImportError:
         return None
@@ -77,6 +81,7 @@ def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     return path
 
@@ -108,16 +113,24 @@ def plot_seed_bars(pairs: list[dict], path: str, top: int = 30) -> str | None:
         width = 0.28
         ax.bar([x - width for x in xs], [q[i] for i in order], width, color="tab:blue", label="target q")
         ax.bar(xs, [p[i] for i in order], width, color="tab:green", label="draft p")
-        ax.bar([x + width for x in xs], [emp[i] for i in order], width, color="tab:orange",
-               label=f"speculative, {pair['num_samples']:,} samples")
+        ax.bar(
+            [x + width for x in xs],
+            [emp[i] for i in order],
+            width,
+            color="tab:orange",
+            label=f"speculative, {pair['num_samples']:,} samples",
+        )
         labels = pair.get("labels")
         ax.set_xticks(xs)
         ax.set_xticklabels([labels[i] if labels else str(i) for i in order], rotation=90, fontsize=7)
-        ax.set_title(f"{pair['name']}\nstd(emp - q) = {pair['std']:.3e} (noise {pair['noise']:.3e}), "
-                     f"chi2 p = {pair['p_value']:.3f}", fontsize=9)
+        ax.set_title(
+            f"{pair['name']}\nstd(emp - q) = {pair['std']:.3e} (noise {pair['noise']:.3e}), "
+            f"chi2 p = {pair['p_value']:.3f}",
+            fontsize=9,
+        )
         ax.set_ylabel("probability")
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(pairs):]:
+    for ax in list(axes.flat)[len(pairs) :]:
         ax.axis("off")
     return _save(fig, path)
 
@@ -132,15 +145,21 @@ def plot_e2e_throughput(rows: list[dict], path: str) -> str | None:
     groups = sorted({(r["temperature"], r["batch"]) for r in rows})
     for i, (temp, batch) in enumerate(groups):
         color = f"C{i % 10}"
-        spec = sorted((r for r in rows if (r["temperature"], r["batch"]) == (temp, batch) and r["k"] > 0),
-                      key=lambda r: r["k"])
+        spec = sorted(
+            (r for r in rows if (r["temperature"], r["batch"]) == (temp, batch) and r["k"] > 0), key=lambda r: r["k"]
+        )
         plain = [r for r in rows if (r["temperature"], r["batch"]) == (temp, batch) and r["k"] == 0]
         label = f"batch {batch}, {'greedy' if temp == 0 else f'T={temp}'}"
         ax.plot([r["k"] for r in spec], [r["tokens_per_s"] for r in spec], "o-", color=color, label=label)
         if plain:
             ax.axhline(plain[0]["tokens_per_s"], color=color, ls="--", lw=0.8)
-            ax2.plot([r["k"] for r in spec], [r["tokens_per_s"] / plain[0]["tokens_per_s"] for r in spec],
-                     "o-", color=color, label=label)
+            ax2.plot(
+                [r["k"] for r in spec],
+                [r["tokens_per_s"] / plain[0]["tokens_per_s"] for r in spec],
+                "o-",
+                color=color,
+                label=label,
+            )
     ks = sorted({r["k"] for r in rows if r["k"] > 0})
     for a in (ax, ax2):
         a.set_xticks(ks)
@@ -165,8 +184,12 @@ def plot_acceptance_histogram(hists: dict[str, list[int]], path: str) -> str | N
     width = 0.8 / len(hists)
     for i, (label, hist) in enumerate(hists.items()):
         total = max(sum(hist), 1)
-        ax.bar([a + (i - (len(hists) - 1) / 2) * width for a in range(len(hist))], [c / total for c in hist],
-               width, label=label)
+        ax.bar(
+            [a + (i - (len(hists) - 1) / 2) * width for a in range(len(hist))],
+            [c / total for c in hist],
+            width,
+            label=label,
+        )
     ax.set_xlabel("accepted draft tokens per row-step")
     ax.set_ylabel("fraction of row-steps")
     ax.legend(fontsize=7)
@@ -191,8 +214,14 @@ def plot_reward_vs_compute(curves: dict[str, list[tuple[float, float]]], path: s
     return _save(fig, path)
 
 
-def plot_partial_vs_final(partial: Sequence[float], final: Sequence[float], corr: float, tau: int,
-                          path: str, groups: Sequence[int] | None = None) -> str | None:
+def plot_partial_vs_final(
+    partial: Sequence[float],
+    final: Sequence[float],
+    corr: float,
+    tau: int,
+    path: str,
+    groups: Sequence[int] | None = None,
+) -> str | None:
     """The seed's Figure 2: reward of the partial response at the decision token vs the final
     reward, one colour per prompt (``groups``); ``corr`` is printed in the title."""
     plt = _pyplot()
@@ -205,8 +234,9 @@ def plot_partial_vs_final(partial: Sequence[float], final: Sequence[float], corr
         ax.scatter([partial[i] for i in idx], [final[i] for i in idx], s=6, alpha=0.6, color=f"C{g % 10}")
     ax.set_xlabel(f"partial reward at decision token tau = {tau}")
     ax.set_ylabel("final reward")
-    ax.set_title(f"Pearson r = {corr:.3f} within a prompt ({len(partial)} responses, {len(set(groups))} prompts)",
-                 fontsize=9)
+    ax.set_title(
+        f"Pearson r = {corr:.3f} within a prompt ({len(partial)} responses, {len(set(groups))} prompts)", fontsize=9
+    )
     return _save(fig, path)
 
 

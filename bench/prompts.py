@@ -7,7 +7,7 @@ PROMPTS = [
     "    def __repr__(self):\n        return ",
     "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
     "    for i in range(len(",
-    "\"\"\"Utilities for working with ",
+    '"""Utilities for working with ',
     "        except KeyError:\n",
     "from collections import namedtuple\n\n",
 ]

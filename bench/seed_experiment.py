@@ -17,6 +17,7 @@
 2. Greedy. ``sd.generate`` and ``sd.speculative_generate`` at temperature 0 on the shipped pair:
    the texts must be identical; printed side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,15 @@ TOP = 10  # the seed's figures show a handful of top tokens; its std is at their
 WEIGHTS_DIR: str | None = None  # None: the shipped pair; else a directory from `specdecode.decoder.train --out`
 # A prefix where the next byte is genuinely uncertain (entropy ~2.3 nats), as for the seed's prompts.
 PROMPT = "class Queue:\n    def __init__(self, maxsize=0):\n        self."
-GREEDY_PROMPTS = ["def _check_arg(name, value):\n    if not isinstance(value, str):\n",
-                  "class Queue:\n    def __init__(self, maxsize=0):\n"]
+GREEDY_PROMPTS = [
+    "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
+    "class Queue:\n    def __init__(self, maxsize=0):\n",
+]
+
 
 def weights_available() -> bool:
     from specdecode.decoder.generate import WEIGHTS_DIR as SHIPPED
+
     return all(os.path.exists(os.path.join(WEIGHTS_DIR or SHIPPED, f"{m}.pt")) for m in ("target", "draft"))
 
 
@@ -59,13 +64,22 @@ def model_pair(prompt: str = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
 def synthetic_pairs() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(2024)
     logits = torch.randn(1000, generator=gen) * 2
-    close = ("close draft (draft logits = target + N(0, 0.5^2)), V=1000",
-             torch.softmax(logits + torch.randn(1000, generator=gen) * 0.5, -1), torch.softmax(logits, -1))
-    unrelated = ("unrelated draft (independent logits), V=1000",
-                 torch.softmax(torch.randn(1000, generator=gen) * 2, -1), torch.softmax(torch.randn(1000, generator=gen) * 2, -1))
+    close = (
+        "close draft (draft logits = target + N(0, 0.5^2)), V=1000",
+        torch.softmax(logits + torch.randn(1000, generator=gen) * 0.5, -1),
+        torch.softmax(logits, -1),
+    )
+    unrelated = (
+        "unrelated draft (independent logits), V=1000",
+        torch.softmax(torch.randn(1000, generator=gen) * 2, -1),
+        torch.softmax(torch.randn(1000, generator=gen) * 2, -1),
+    )
     peaked_logits = torch.randn(4096, generator=gen) * 4
-    peaked = ("peaked target vs flat draft (mostly residual samples), V=4096",
-              torch.softmax(torch.randn(4096, generator=gen) * 0.3, -1), torch.softmax(peaked_logits, -1))
+    peaked = (
+        "peaked target vs flat draft (mostly residual samples), V=4096",
+        torch.softmax(torch.randn(4096, generator=gen) * 0.3, -1),
+        torch.softmax(peaked_logits, -1),
+    )
     return [close, unrelated, peaked]
 
 
@@ -78,10 +92,13 @@ def pairs() -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], str | None]:
     out.append((f"shipped pair, next byte after ...{PROMPT[-14:]!r}, V={q.numel()}", p, q))
     return out, None
 
+
 # ----------------------------------------------------------------------------- the experiment
 
 
-def speculative_first_tokens(p: torch.Tensor, q: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, float]:
+def speculative_first_tokens(
+    p: torch.Tensor, q: torch.Tensor, num_samples: int, seed: int
+) -> tuple[torch.Tensor, float]:
     """Counts [V] of N speculatively sampled first tokens, and the fraction of drafts accepted.
     Every sample is its own batch row (K = 1) sharing one p and q through stride-0 views."""
     vocab = q.numel()
@@ -101,27 +118,63 @@ def run_pair(name: str, p: torch.Tensor, q: torch.Tensor, num_samples: int, seed
     stat, df = chi_square(counts, q64)
     top = q64.topk(min(TOP, q64.numel())).indices
     return {
-        "name": name, "vocab": q.numel(), "num_samples": num_samples, "accept_rate": accept,
+        "name": name,
+        "vocab": q.numel(),
+        "num_samples": num_samples,
+        "accept_rate": accept,
         "tv_pq": float((p.double() - q64).abs().sum() / 2),
         "std": float((empirical - q64).std()),
         "noise": math.sqrt(float((q64 * (1 - q64)).mean()) / num_samples),
         "std_top": float((empirical - q64)[top].pow(2).mean().sqrt()),
         "noise_top": math.sqrt(float((q64[top] * (1 - q64[top])).mean()) / num_samples),
-        "chi2": stat, "df": df, "p_value": chi2_sf(stat, df),
-        "target": q64.tolist(), "draft": p.double().tolist(), "empirical": empirical.tolist(),
-        "labels": [repr(tokenizer.decode([i]))[1:-1] or f"<{i}>" for i in range(q.numel())] if q.numel() == 259 else None,
+        "chi2": stat,
+        "df": df,
+        "p_value": chi2_sf(stat, df),
+        "target": q64.tolist(),
+        "draft": p.double().tolist(),
+        "empirical": empirical.tolist(),
+        "labels": [repr(tokenizer.decode([i]))[1:-1] or f"<{i}>" for i in range(q.numel())]
+        if q.numel() == 259
+        else None,
     }
 
 
-SAMPLING_HEADER = ["pair", "V", "samples", "TV(p,q)", "accepted", "std(emp - q)", "noise sqrt(mean q(1-q)/N)",
-                   "std / noise", f"rms(emp - q), top {TOP}", f"noise, top {TOP}", "chi2", "df", "p-value"]
+SAMPLING_HEADER = [
+    "pair",
+    "V",
+    "samples",
+    "TV(p,q)",
+    "accepted",
+    "std(emp - q)",
+    "noise sqrt(mean q(1-q)/N)",
+    "std / noise",
+    f"rms(emp - q), top {TOP}",
+    f"noise, top {TOP}",
+    "chi2",
+    "df",
+    "p-value",
+]
 
 
 def sampling_table(results: list[dict]) -> list[list]:
-    return [[r["name"], r["vocab"], f"{r['num_samples']:,}", f"{r['tv_pq']:.3f}", f"{r['accept_rate']:.3f}",
-             f"{r['std']:.3e}", f"{r['noise']:.3e}", f"{r['std'] / r['noise']:.3f}", f"{r['std_top']:.3e}",
-             f"{r['noise_top']:.3e}", f"{r['chi2']:.1f}", r["df"],
-             f"{r['p_value']:.3f}"] for r in results]
+    return [
+        [
+            r["name"],
+            r["vocab"],
+            f"{r['num_samples']:,}",
+            f"{r['tv_pq']:.3f}",
+            f"{r['accept_rate']:.3f}",
+            f"{r['std']:.3e}",
+            f"{r['noise']:.3e}",
+            f"{r['std'] / r['noise']:.3f}",
+            f"{r['std_top']:.3e}",
+            f"{r['noise_top']:.3e}",
+            f"{r['chi2']:.1f}",
+            r["df"],
+            f"{r['p_value']:.3f}",
+        ]
+        for r in results
+    ]
 
 
 def greedy_side_by_side(max_new_tokens: int, num_draft_tokens: int = 4) -> dict | None:
@@ -130,19 +183,26 @@ def greedy_side_by_side(max_new_tokens: int, num_draft_tokens: int = 4) -> dict 
         return None
     target, draft = load_pair()
     plain = sd.generate(target, GREEDY_PROMPTS, max_new_tokens, temperature=0.0, eos_id=None)
-    spec = sd.speculative_generate(target, draft, GREEDY_PROMPTS, max_new_tokens, num_draft_tokens=num_draft_tokens,
-                                   temperature=0.0, eos_id=None)
-    return {"prompts": GREEDY_PROMPTS, "plain": plain.texts(), "speculative": spec.texts(),
-            "identical_tokens": bool(torch.equal(plain.tokens, spec.tokens)), "K": num_draft_tokens,
-            "mean_accepted_length": spec.stats["mean_accepted_length"]}
+    spec = sd.speculative_generate(
+        target, draft, GREEDY_PROMPTS, max_new_tokens, num_draft_tokens=num_draft_tokens, temperature=0.0, eos_id=None
+    )
+    return {
+        "prompts": GREEDY_PROMPTS,
+        "plain": plain.texts(),
+        "speculative": spec.texts(),
+        "identical_tokens": bool(torch.equal(plain.tokens, spec.tokens)),
+        "K": num_draft_tokens,
+        "mean_accepted_length": spec.stats["mean_accepted_length"],
+    }
 
 
 def side_by_side(left: str, right: str, width: int = 56) -> str:
     def wrap(text):
         lines = []
         for line in text.split("\n"):
-            lines += [line[i:i + width] for i in range(0, max(len(line), 1), width)]
+            lines += [line[i : i + width] for i in range(0, max(len(line), 1), width)]
         return lines
+
     a, b = wrap(left), wrap(right)
     a += [""] * (len(b) - len(a))
     b += [""] * (len(a) - len(b))
@@ -153,8 +213,11 @@ def run(num_samples: int = 1_000_000, greedy_tokens: int = 160, seed: int = 0) -
     from bench.plots import print_table
 
     chosen, note = pairs()
-    print(f"Seed 2, sampling: {num_samples:,} speculative first tokens per (p, q) pair "
-          f"(the seed reports std = {SEED_REPORTED_STD:.3e})", flush=True)
+    print(
+        f"Seed 2, sampling: {num_samples:,} speculative first tokens per (p, q) pair "
+        f"(the seed reports std = {SEED_REPORTED_STD:.3e})",
+        flush=True,
+    )
     if note:
         print(f"NOTE: {note}")
     results = []
@@ -166,8 +229,10 @@ def run(num_samples: int = 1_000_000, greedy_tokens: int = 160, seed: int = 0) -
     if greedy is None:
         print("\nSeed 2, greedy: shipped weights not found, skipped")
     else:
-        print(f"\nSeed 2, greedy (temperature 0, K = {greedy['K']}): tokens identical = "
-              f"{greedy['identical_tokens']} (mean accepted length {greedy['mean_accepted_length']:.2f})")
+        print(
+            f"\nSeed 2, greedy (temperature 0, K = {greedy['K']}): tokens identical = "
+            f"{greedy['identical_tokens']} (mean accepted length {greedy['mean_accepted_length']:.2f})"
+        )
         for prompt, a, b in zip(greedy["prompts"], greedy["plain"], greedy["speculative"]):
             print(f"\nprompt: {prompt!r}\n{'sd.generate':<56} | sd.speculative_generate\n{'-' * 56}-+-{'-' * 56}")
             print(side_by_side(a, b))
@@ -187,6 +252,7 @@ def main(argv=None) -> None:
     out = run(samples, greedy_tokens=80 if args.quick else 160)
     if args.plot:
         from bench.plots import plot_seed_bars
+
         print(plot_seed_bars(out["pairs"], args.plot) or "(matplotlib not installed: no figure)")
 
 

@@ -1,4 +1,5 @@
 """Timing for the benchmarks: warm caches, repeated calls, the median."""
+
 from __future__ import annotations
 
 import statistics

@@ -8,6 +8,7 @@ own compiler. Registers and spills come from ``ptxas -v`` (NVIDIA) or the AMDGCN
 This module must be used in a process where ``TRITON_INTERPRET`` is unset: under the
 interpreter ``@triton.jit`` returns an object the compiler cannot take.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,7 +109,9 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
         ptx_file.flush()
         log = subprocess.run(
             [get_ptxas(arch).path, "-v", f"--gpu-name={gpu_name}", ptx_file.name, "-o", "/dev/null"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stderr
     registers = int(re.search(r"Used (\d+) registers", log).group(1))
     stores, loads = map(int, re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups())
@@ -143,10 +146,20 @@ def compile_every_case(targets=tuple(TARGETS), name_filter: str | None = None) -
         for target in targets:
             try:
                 result = compile_case(case, target)
-                rows.append(dict(name=case.name, target=target, ok=True, registers=result.registers,
-                                 spills=result.spills, shared=result.shared_bytes, num_warps=case.num_warps,
-                                 widest_load=result.widest_load_bytes, load_widths=result.load_widths,
-                                 bytes_moved=case.bytes_moved))
+                rows.append(
+                    dict(
+                        name=case.name,
+                        target=target,
+                        ok=True,
+                        registers=result.registers,
+                        spills=result.spills,
+                        shared=result.shared_bytes,
+                        num_warps=case.num_warps,
+                        widest_load=result.widest_load_bytes,
+                        load_widths=result.load_widths,
+                        bytes_moved=case.bytes_moved,
+                    )
+                )
             except Exception as exc:  # report every failure, not only the first
                 rows.append(dict(name=case.name, target=target, ok=False, error=repr(exc)[-1500:]))
     return rows
@@ -157,11 +170,18 @@ def compile_in_subprocess(targets=tuple(TARGETS), name_filter: str | None = None
     from a process that runs the kernels under the interpreter (the test suite)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    script = ("import json, sys, warnings; warnings.simplefilter('ignore'); "
-              "from specdecode.kernels._aot import compile_every_case; "
-              "print(json.dumps(compile_every_case(sys.argv[1].split(','), sys.argv[2] or None)))")
-    proc = subprocess.run([sys.executable, "-c", script, ",".join(targets), name_filter or ""],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    script = (
+        "import json, sys, warnings; warnings.simplefilter('ignore'); "
+        "from specdecode.kernels._aot import compile_every_case; "
+        "print(json.dumps(compile_every_case(sys.argv[1].split(','), sys.argv[2] or None)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, ",".join(targets), name_filter or ""],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"AOT compile subprocess failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

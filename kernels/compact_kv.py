@@ -26,6 +26,7 @@ into a scratch of that size and a copy back, both fully parallel (see ``compact_
 Any dtype: the tensor is addressed as words of its element size (int8/16/32/64; 16-byte
 elements as two int64 words), so bits move unchanged (NaN payloads, int8 quantised caches).
 """
+
 from __future__ import annotations
 
 
@@ -52,8 +53,9 @@ def _source_row(kept_ptr, row, num_kept, num_rows, lanes, lanes_in_run):
 
 
 @triton.jit
-def _compact_kv_kernel(data_ptr, kept_ptr, num_kept, num_rows, batch_stride,
-                         mid, outer_stride, mid_stride, inner, BLOCK: tl.constexpr):
+def _compact_kv_kernel(
+    data_ptr, kept_ptr, num_kept, num_rows, batch_stride, mid, outer_stride, mid_stride, inner, BLOCK: tl.constexpr
+):
     pid = tl.program_id(0)
     tiles_per_run = tl.cdiv(inner, BLOCK)
     tile = pid % tiles_per_run
@@ -116,8 +118,13 @@ def _word_view(data: torch.Tensor) -> tuple[torch.Tensor, int]:
 SMALL_SCRATCH_BYTES = 1 << 20
 
 
-def compact_kv_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, block: int | None = None,
-                  scratch_bytes: int = SMALL_SCRATCH_BYTES) -> None:
+def compact_kv_(
+    data: torch.Tensor,
+    kept_indices: torch.Tensor,
+    batch_dim: int,
+    block: int | None = None,
+    scratch_bytes: int = SMALL_SCRATCH_BYTES,
+) -> None:
     """Launch the compaction. Arguments as ``torch.ops.specdecode.compact_kv_``: ``data`` any
     dtype and rank, ``kept_indices [N']`` int64 on the same device (strictly ascending; values
     are the caller's to check), ``batch_dim`` the row dim. Raises ``ValueError`` for layouts that
@@ -139,9 +146,18 @@ def compact_kv_(data: torch.Tensor, kept_indices: torch.Tensor, batch_dim: int, 
     block = block or block_size(inner, words.element_size())
     grid = (layout.outer * layout.mid * triton.cdiv(inner, block),)
     _compact_kv_kernel[grid](
-        words, kept_indices.contiguous(), num_kept, num_rows, layout.batch_stride * per_element,
-        layout.mid, layout.outer_stride * per_element, layout.mid_stride * per_element, inner,
-        BLOCK=block, num_warps=NUM_WARPS)
+        words,
+        kept_indices.contiguous(),
+        num_kept,
+        num_rows,
+        layout.batch_stride * per_element,
+        layout.mid,
+        layout.outer_stride * per_element,
+        layout.mid_stride * per_element,
+        inner,
+        BLOCK=block,
+        num_warps=NUM_WARPS,
+    )
 
 
 def aot_cases() -> list[AotCase]:
@@ -151,11 +167,26 @@ def aot_cases() -> list[AotCase]:
     for word_bytes, word_dtype in _WORD_DTYPES.items():
         pointer = {1: "*i8", 2: "*i16", 4: "*i32", 8: "*i64"}[word_bytes]
         for block in (block_size(1 << 20, word_bytes, interpreting=False), 128):
-            signature = {"data_ptr": pointer, "kept_ptr": "*i64", "num_kept": "i32", "num_rows": "i32",
-                         "batch_stride": "i64", "mid": "i32", "outer_stride": "i64", "mid_stride": "i64",
-                         "inner": "i32", "BLOCK": "constexpr"}
-            cases.append(AotCase(f"compact_kv_[{str(word_dtype)[6:]},BLOCK={block}]", _compact_kv_kernel,
-                                 signature, {"BLOCK": block}, NUM_WARPS,
-                                 divisible_by_16=("data_ptr", "kept_ptr", "batch_stride", "outer_stride",
-                                                  "mid_stride", "inner")))
+            signature = {
+                "data_ptr": pointer,
+                "kept_ptr": "*i64",
+                "num_kept": "i32",
+                "num_rows": "i32",
+                "batch_stride": "i64",
+                "mid": "i32",
+                "outer_stride": "i64",
+                "mid_stride": "i64",
+                "inner": "i32",
+                "BLOCK": "constexpr",
+            }
+            cases.append(
+                AotCase(
+                    f"compact_kv_[{str(word_dtype)[6:]},BLOCK={block}]",
+                    _compact_kv_kernel,
+                    signature,
+                    {"BLOCK": block},
+                    NUM_WARPS,
+                    divisible_by_16=("data_ptr", "kept_ptr", "batch_stride", "outer_stride", "mid_stride", "inner"),
+                )
+            )
     return cases

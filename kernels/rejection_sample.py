@@ -5,6 +5,7 @@ program verifies one row: it gathers ``q`` and ``p`` at the K draft tokens (a fu
 ``q_i`` only for greedy rows, to find ``argmax q_i``), stops at the first rejection, then streams
 the single target row (and draft row) it samples from. ``max(0, q - p)`` is never materialised.
 """
+
 from __future__ import annotations
 
 
@@ -23,8 +24,9 @@ _UNIFORM_SCALE = tl.constexpr(1.0 / 16777216.0)
 def _uniform(seed, slot, stream_row, offset):
     """Philox4x32-10 on the counter (slot, stream_row, offset_lo, offset_hi); float32 in [0, 1)."""
     slot = tl.to_tensor(slot)  # a plain int under the interpreter
-    word, _, _, _ = tl.philox(seed, slot.to(tl.uint32), stream_row.to(tl.uint32),
-                              offset.to(tl.uint32), (offset >> 32).to(tl.uint32))
+    word, _, _, _ = tl.philox(
+        seed, slot.to(tl.uint32), stream_row.to(tl.uint32), offset.to(tl.uint32), (offset >> 32).to(tl.uint32)
+    )
     return (word >> 8).to(tl.float32) * _UNIFORM_SCALE
 
 
@@ -60,8 +62,7 @@ def _weights(q_row, p_row, one_hot_id, offs, q_limit, p_limit, HAS_DRAFT_PROBS: 
 
 
 @triton.jit
-def _sample_inverse_cdf(q_row, p_row, one_hot_id, p_limit, u, V,
-                        HAS_DRAFT_PROBS: tl.constexpr, BLOCK_V: tl.constexpr):
+def _sample_inverse_cdf(q_row, p_row, one_hot_id, p_limit, u, V, HAS_DRAFT_PROBS: tl.constexpr, BLOCK_V: tl.constexpr):
     """Smallest v with w_v > 0 and cumsum(w)_v > u * sum(w); -1 if sum(w) is not positive."""
     total = 0.0
     for start in range(0, V, BLOCK_V):
@@ -98,10 +99,17 @@ def _rejection_sample_kernel(
     offsets_ptr,  # [1] or [B] int64
     token_ids_ptr,  # [B, K+1] int64 out
     num_accepted_ptr,  # [B] int64 out
-    K, V,
-    draft_stride_b, draft_stride_k, target_stride_b, target_stride_k,
-    SEED_PER_ROW: tl.constexpr, OFFSET_PER_ROW: tl.constexpr,
-    HAS_DRAFT_PROBS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    K,
+    V,
+    draft_stride_b,
+    draft_stride_k,
+    target_stride_b,
+    target_stride_k,
+    SEED_PER_ROW: tl.constexpr,
+    OFFSET_PER_ROW: tl.constexpr,
+    HAS_DRAFT_PROBS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # int64 row: row * stride overflows int32 once B*(K+1)*V > 2**31.
     row = tl.program_id(0).to(tl.int64)
@@ -196,11 +204,22 @@ def rejection_sample(
     has_draft_probs = draft_probs is not None
     draft = draft_probs if has_draft_probs else target_probs
     _rejection_sample_kernel[(batch_size,)](
-        draft_token_ids, draft, target_probs, greedy, seeds, offsets, token_ids, num_accepted,
-        num_drafts, vocab_size,
-        draft.stride(0) if has_draft_probs else 0, draft.stride(1) if has_draft_probs else 0,
-        target_probs.stride(0), target_probs.stride(1),
-        SEED_PER_ROW=int(seeds.numel() != 1), OFFSET_PER_ROW=int(offsets.numel() != 1),
+        draft_token_ids,
+        draft,
+        target_probs,
+        greedy,
+        seeds,
+        offsets,
+        token_ids,
+        num_accepted,
+        num_drafts,
+        vocab_size,
+        draft.stride(0) if has_draft_probs else 0,
+        draft.stride(1) if has_draft_probs else 0,
+        target_probs.stride(0),
+        target_probs.stride(1),
+        SEED_PER_ROW=int(seeds.numel() != 1),
+        OFFSET_PER_ROW=int(offsets.numel() != 1),
         HAS_DRAFT_PROBS=has_draft_probs,
         BLOCK_V=block_v or default_block_v(vocab_size, target_probs.element_size()),
         BLOCK_K=triton.next_power_of_2(num_drafts + 1),
@@ -219,19 +238,50 @@ def aot_cases() -> list[AotCase]:
         for dtype, has_draft_probs in ((torch.float32, True), (torch.bfloat16, True), (torch.float32, False)):
             prob = _PROB_TYPES[dtype]
             signature = {
-                "draft_ids_ptr": "*i64", "draft_probs_ptr": prob, "target_probs_ptr": prob,
-                "greedy_ptr": "*i1", "seeds_ptr": "*i64", "offsets_ptr": "*i64",
-                "token_ids_ptr": "*i64", "num_accepted_ptr": "*i64",
-                "K": "i32", "V": "i32", "draft_stride_b": "i64", "draft_stride_k": "i32",
-                "target_stride_b": "i64", "target_stride_k": "i32",
-                "SEED_PER_ROW": "constexpr", "OFFSET_PER_ROW": "constexpr",
-                "HAS_DRAFT_PROBS": "constexpr", "BLOCK_V": "constexpr", "BLOCK_K": "constexpr",
+                "draft_ids_ptr": "*i64",
+                "draft_probs_ptr": prob,
+                "target_probs_ptr": prob,
+                "greedy_ptr": "*i1",
+                "seeds_ptr": "*i64",
+                "offsets_ptr": "*i64",
+                "token_ids_ptr": "*i64",
+                "num_accepted_ptr": "*i64",
+                "K": "i32",
+                "V": "i32",
+                "draft_stride_b": "i64",
+                "draft_stride_k": "i32",
+                "target_stride_b": "i64",
+                "target_stride_k": "i32",
+                "SEED_PER_ROW": "constexpr",
+                "OFFSET_PER_ROW": "constexpr",
+                "HAS_DRAFT_PROBS": "constexpr",
+                "BLOCK_V": "constexpr",
+                "BLOCK_K": "constexpr",
             }
-            constexprs = {"SEED_PER_ROW": 1, "OFFSET_PER_ROW": 1, "HAS_DRAFT_PROBS": has_draft_probs,
-                          "BLOCK_V": default_block_v(vocab_size, dtype.itemsize, interpreting=False),
-                          "BLOCK_K": 8}
+            constexprs = {
+                "SEED_PER_ROW": 1,
+                "OFFSET_PER_ROW": 1,
+                "HAS_DRAFT_PROBS": has_draft_probs,
+                "BLOCK_V": default_block_v(vocab_size, dtype.itemsize, interpreting=False),
+                "BLOCK_K": 8,
+            }
             name = f"rejection_sample[V={vocab_size},{str(dtype)[6:]},{'dense' if has_draft_probs else 'one-hot'}]"
-            cases.append(AotCase(name, _rejection_sample_kernel, signature, constexprs, NUM_WARPS,
-                                 divisible_by_16=("draft_probs_ptr", "target_probs_ptr", "V", "draft_stride_b",
-                                                  "draft_stride_k", "target_stride_b", "target_stride_k")))
+            cases.append(
+                AotCase(
+                    name,
+                    _rejection_sample_kernel,
+                    signature,
+                    constexprs,
+                    NUM_WARPS,
+                    divisible_by_16=(
+                        "draft_probs_ptr",
+                        "target_probs_ptr",
+                        "V",
+                        "draft_stride_b",
+                        "draft_stride_k",
+                        "target_stride_b",
+                        "target_stride_k",
+                    ),
+                )
+            )
     return cases

@@ -16,6 +16,7 @@ Out-of-range inputs (``num_keep`` outside ``[0, n_g]``, group sizes not summing 
 the kernel read or write outside its tensors: ``k`` is clamped and every access is masked by N.
 The public wrapper rejects such inputs before launching.
 """
+
 from __future__ import annotations
 
 
@@ -40,8 +41,9 @@ def _reward_keys(rewards_ptr, offs, valid):
 
 
 @triton.jit
-def _topk_prune_kernel(rewards_ptr, group_starts_ptr, group_sizes_ptr, num_keep_ptr, keep_mask_ptr,
-                            N, BLOCK: tl.constexpr):
+def _topk_prune_kernel(
+    rewards_ptr, group_starts_ptr, group_sizes_ptr, num_keep_ptr, keep_mask_ptr, N, BLOCK: tl.constexpr
+):
     group = tl.program_id(0)
     start = tl.load(group_starts_ptr + group)
     size = tl.load(group_sizes_ptr + group)
@@ -95,8 +97,9 @@ def default_block(interpreting: bool | None = None) -> int:
     return 4096 if interpreting else 1024
 
 
-def topk_prune(rewards: torch.Tensor, group_sizes: torch.Tensor, num_keep: torch.Tensor,
-                    block: int | None = None) -> torch.Tensor:
+def topk_prune(
+    rewards: torch.Tensor, group_sizes: torch.Tensor, num_keep: torch.Tensor, block: int | None = None
+) -> torch.Tensor:
     """Launch the pruner. Arguments as ``torch.ops.specdecode.topk_prune`` (already checked
     by the caller): ``rewards [N]`` float32/float16/bfloat16, ``group_sizes [P]`` and
     ``num_keep [P]`` int64 on the same device. Returns the ``[N]`` bool keep mask. No host sync:
@@ -110,8 +113,15 @@ def topk_prune(rewards: torch.Tensor, group_sizes: torch.Tensor, num_keep: torch
         return keep_mask
     group_starts = torch.cumsum(group_sizes, 0) - group_sizes
     _topk_prune_kernel[(num_groups,)](
-        rewards, group_starts, group_sizes, num_keep, keep_mask.view(torch.int8), rewards.numel(),
-        BLOCK=block or default_block(), num_warps=NUM_WARPS)
+        rewards,
+        group_starts,
+        group_sizes,
+        num_keep,
+        keep_mask.view(torch.int8),
+        rewards.numel(),
+        BLOCK=block or default_block(),
+        num_warps=NUM_WARPS,
+    )
     return keep_mask
 
 
@@ -122,10 +132,23 @@ def aot_cases() -> list[AotCase]:
     """The launches the pruner makes: every reward dtype at the GPU tile width."""
     cases = []
     for dtype, pointer_type in _REWARD_TYPES.items():
-        signature = {"rewards_ptr": pointer_type, "group_starts_ptr": "*i64", "group_sizes_ptr": "*i64",
-                     "num_keep_ptr": "*i64", "keep_mask_ptr": "*i8", "N": "i32", "BLOCK": "constexpr"}
-        cases.append(AotCase(f"topk_prune[{str(dtype)[6:]}]", _topk_prune_kernel, signature,
-                             {"BLOCK": default_block(interpreting=False)}, NUM_WARPS,
-                             divisible_by_16=("rewards_ptr", "group_starts_ptr", "group_sizes_ptr", "num_keep_ptr",
-                                              "keep_mask_ptr")))
+        signature = {
+            "rewards_ptr": pointer_type,
+            "group_starts_ptr": "*i64",
+            "group_sizes_ptr": "*i64",
+            "num_keep_ptr": "*i64",
+            "keep_mask_ptr": "*i8",
+            "N": "i32",
+            "BLOCK": "constexpr",
+        }
+        cases.append(
+            AotCase(
+                f"topk_prune[{str(dtype)[6:]}]",
+                _topk_prune_kernel,
+                signature,
+                {"BLOCK": default_block(interpreting=False)},
+                NUM_WARPS,
+                divisible_by_16=("rewards_ptr", "group_starts_ptr", "group_sizes_ptr", "num_keep_ptr", "keep_mask_ptr"),
+            )
+        )
     return cases

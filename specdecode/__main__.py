@@ -1,4 +1,5 @@
 """Command line: ``python -m specdecode demo``."""
+
 from __future__ import annotations
 
 import argparse

@@ -36,6 +36,7 @@ _PHILOX_ROUNDS = 10
 # Output types
 # ---------------------------------------------------------------------------------------------
 
+
 class RejectionOutput(NamedTuple):
     token_ids: torch.Tensor  # [B, K+1] int64: accepted drafts, the emitted token, then -1
     num_accepted: torch.Tensor  # [B] int64
@@ -47,10 +48,10 @@ class PruneResult(NamedTuple):
     keep_mask: torch.Tensor  # [N] bool: the fixed-shape form
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The random stream and sampling primitives
 # ---------------------------------------------------------------------------------------------
+
 
 def _mul_hi_lo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of ``constant * value`` (both < 2**32) without int64 overflow:
@@ -89,7 +90,7 @@ def uniforms(seeds: torch.Tensor, offsets: torch.Tensor, batch_size: int, num_sl
     stream_row = (rows if seeds.numel() == 1 else torch.zeros_like(rows))[:, None]
     slots = torch.arange(num_slots, device=device, dtype=torch.int64)[None, :]
     word, _, _, _ = philox4x32(seed, slots, stream_row, offset & _MASK32, (offset >> 32) & _MASK32)
-    return (word >> 8).to(torch.float32) * (2.0 ** -24)
+    return (word >> 8).to(torch.float32) * (2.0**-24)
 
 
 def nan_safe_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -117,10 +118,10 @@ def _positive_part(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, values, torch.zeros_like(values))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Keep counts of a rejection rate
 # ---------------------------------------------------------------------------------------------
+
 
 # A run reuses a few rates, and parsing the decimal costs microseconds. typed: the float 0.1 and
 # the Fraction equal to it are equal keys, but not the same alpha here (1/10 vs its binary value).
@@ -142,10 +143,10 @@ def num_keep_from_alpha(group_sizes: Sequence[int], alpha: Real) -> list[int]:
     return [max(1, -((-numerator * int(n)) // denominator)) if n > 0 else 0 for n in group_sizes]
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The row layout of in-place compaction
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RowLayout:
@@ -168,8 +169,10 @@ def row_layout(tensor: torch.Tensor, batch_dim: int) -> RowLayout:
     ``csrc/compact_kv.cpp``."""
     dims = [(size, stride) for size, stride in zip(tensor.shape, tensor.stride())]
     if not _is_non_overlapping([d for d in dims if d[0] > 1]):
-        raise ValueError("cannot compact in place: the tensor's elements overlap or interleave in memory "
-                         f"(shape {list(tensor.shape)}, strides {list(tensor.stride())}, e.g. an expanded view)")
+        raise ValueError(
+            "cannot compact in place: the tensor's elements overlap or interleave in memory "
+            f"(shape {list(tensor.shape)}, strides {list(tensor.stride())}, e.g. an expanded view)"
+        )
     row_dims = sorted((d for i, d in enumerate(dims) if i != batch_dim and d[0] > 1), key=lambda d: -d[1])
     merged: list[tuple[int, int]] = []
     for size, stride in row_dims:
@@ -182,7 +185,8 @@ def row_layout(tensor: torch.Tensor, batch_dim: int) -> RowLayout:
         raise ValueError(
             f"cannot compact in place: a row of this tensor (shape {list(tensor.shape)}, strides "
             f"{list(tensor.stride())}, batch_dim {batch_dim}) has {len(merged)} strided dims after merging; "
-            "at most two around one unit-stride run are supported. Make it contiguous first (that copies).")
+            "at most two around one unit-stride run are supported. Make it contiguous first (that copies)."
+        )
     batch_stride = tensor.stride(batch_dim) if tensor.shape[batch_dim] > 1 else 0
     outer, outer_stride = merged[0] if merged else (1, 0)
     mid, mid_stride = merged[1] if len(merged) == 2 else (1, 0)
@@ -197,8 +201,6 @@ def _is_non_overlapping(dims: list[tuple[int, int]]) -> bool:
             return False
         span += (size - 1) * stride
     return True
-
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Used by the statistical tests and by the seed experiment in ``bench/``; no scipy
 ``chi_square`` merges the bins whose expected count is below 5 (the usual validity rule);
 ``chi2_sf`` is the exact chi-square tail probability (the p-value).
 """
+
 from __future__ import annotations
 
 import math

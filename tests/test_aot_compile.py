@@ -5,6 +5,7 @@ test that the kernels are real GPU code. No GPU or driver is needed: Triton's ow
 given an explicit target. It runs in a subprocess because the rest of the suite has
 ``TRITON_INTERPRET=1`` set, under which ``@triton.jit`` returns an uncompilable object.
 """
+
 import pytest
 
 from specdecode.kernels._aot import compile_in_subprocess

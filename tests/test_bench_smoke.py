@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark runner's pure-table paths (``python -m bench``): the GPU readiness
 report for one kernel, the bytes model, seed 2's experiment at a tiny size, the chi-square tail,
 the e2e output parser and the report writer. Fast (well under 30 s): no timing is asserted."""
+
 import math
 import os
 import sys
@@ -14,7 +15,16 @@ from bench import gpu_report, plots
 from bench import seed_experiment as se
 from specdecode.kernels._aot import compile_in_subprocess, load_widths, widest_load_bytes
 from specdecode.stats import chi2_sf, chi_square
-from bench.__main__ import Section, _correlations, as_markdown, parse_e2e_output, pearson, speedup_at_equal_reward, spr_curves, write_report
+from bench.__main__ import (
+    Section,
+    _correlations,
+    as_markdown,
+    parse_e2e_output,
+    pearson,
+    speedup_at_equal_reward,
+    spr_curves,
+    write_report,
+)
 
 
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
@@ -30,14 +40,17 @@ def test_gpu_report_compiles_one_kernel_in_a_subprocess():
     assert table[0][:2] == ["topk_prune[float32]", "sm_90"]
 
 
-@pytest.mark.parametrize("asm, backend, expected", [
-    ("ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];\nld.global.b32 %r5, [%rd2];", "cuda", 16),
-    ("ld.global.nc.v2.b64 {%rd1, %rd2}, [%rd3];", "cuda", 16),
-    ("ld.global.b16 %rs1, [%rd1];\nld.global.b64 %rd2, [%rd3];", "cuda", 8),
-    ("global_load_dwordx4 v[0:3], v[4:5], off\nglobal_load_ushort v1, v[2:3], off", "hip", 16),
-    ("global_load_ushort v1, v[2:3], off\nbuffer_load_dwordx2 v[0:1], off", "hip", 8),
-    ("mov.u32 %r1, 0;", "cuda", 0),
-])
+@pytest.mark.parametrize(
+    "asm, backend, expected",
+    [
+        ("ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];\nld.global.b32 %r5, [%rd2];", "cuda", 16),
+        ("ld.global.nc.v2.b64 {%rd1, %rd2}, [%rd3];", "cuda", 16),
+        ("ld.global.b16 %rs1, [%rd1];\nld.global.b64 %rd2, [%rd3];", "cuda", 8),
+        ("global_load_dwordx4 v[0:3], v[4:5], off\nglobal_load_ushort v1, v[2:3], off", "hip", 16),
+        ("global_load_ushort v1, v[2:3], off\nbuffer_load_dwordx2 v[0:1], off", "hip", 8),
+        ("mov.u32 %r1, 0;", "cuda", 0),
+    ],
+)
 def test_widest_load_bytes(asm, backend, expected):
     assert widest_load_bytes(asm, backend) == expected
     assert load_widths(asm, backend)[:1] == ([expected] if expected else [])
@@ -51,7 +64,7 @@ def test_bytes_model_orders_designs_and_counts_exactly():
     assert gpu_report.compaction_designs(10, 4, [0, 1, 3])[0].bytes == 20  # rows 0, 1 stay put
     # Acceptance distribution sums to one; all-accepted probability is a^K.
     dist = gpu_report.accepted_distribution(4, 0.7)
-    assert math.isclose(sum(dist), 1.0) and math.isclose(dist[-1], 0.7 ** 4)
+    assert math.isclose(sum(dist), 1.0) and math.isclose(dist[-1], 0.7**4)
     for B, K, V, e, _ in gpu_report.REJECTION_SIZES:
         minimum, ours, *peers = gpu_report.rejection_designs(B, K, V, e, 0.7)
         assert minimum.bytes <= ours.bytes <= 2 * minimum.bytes
@@ -95,13 +108,18 @@ def test_side_by_side_keeps_both_texts():
 
 
 def test_parse_e2e_output_and_pearson():
-    text = ("## greedy, 128 new tokens per row\n| batch | method | tokens/s | speedup | mean accepted length | "
-            "acceptance | accepted-length histogram | same text |\n|---|---|---|---|---|---|---|---|\n"
-            "| 1 | plain | 100 | 1.00x | 1 | | | |\n| 1 | speculative K=4 | 250 | 2.50x | 3.1 | 0.52 | [1, 2, 3, 4, 5] | yes |\n"
-            "## sampling, T=0.8, 128 new tokens per row\n| 4 | speculative K=2 | 300 | 1.5x | 2 | 0.5 | [3, 2, 1] | n/a |\n")
+    text = (
+        "## greedy, 128 new tokens per row\n| batch | method | tokens/s | speedup | mean accepted length | "
+        "acceptance | accepted-length histogram | same text |\n|---|---|---|---|---|---|---|---|\n"
+        "| 1 | plain | 100 | 1.00x | 1 | | | |\n| 1 | speculative K=4 | 250 | 2.50x | 3.1 | 0.52 | [1, 2, 3, 4, 5] | yes |\n"
+        "## sampling, T=0.8, 128 new tokens per row\n| 4 | speculative K=2 | 300 | 1.5x | 2 | 0.5 | [3, 2, 1] | n/a |\n"
+    )
     rows = parse_e2e_output(text)
     assert [(r["batch"], r["temperature"], r["k"], r["tokens_per_s"]) for r in rows] == [
-        (1, 0.0, 0, 100.0), (1, 0.0, 4, 250.0), (4, 0.8, 2, 300.0)]
+        (1, 0.0, 0, 100.0),
+        (1, 0.0, 4, 250.0),
+        (4, 0.8, 2, 300.0),
+    ]
     assert rows[1]["hist"] == [1, 2, 3, 4, 5] and rows[1]["same_text"] == "yes"
     assert math.isclose(pearson([1, 2, 3], [2, 4, 6]), 1.0)
     assert math.isclose(pearson([1, 2, 3], [3, 2, 1]), -1.0)
@@ -112,8 +130,10 @@ def test_parse_e2e_output_and_pearson():
 
 
 def test_spr_curves_from_printed_tables_and_from_rows():
-    text = ("| method | N | alpha | tokens generated | seconds | mean reward |\n|---|---|---|---|---|---|\n"
-            "| Best-of-N | 4 | - | 1,024 | 0.5 | -1.20 |\n| SpR | 64 | 0.5 | 3,000 | 1.0 s | -1.05 |\n")
+    text = (
+        "| method | N | alpha | tokens generated | seconds | mean reward |\n|---|---|---|---|---|---|\n"
+        "| Best-of-N | 4 | - | 1,024 | 0.5 | -1.20 |\n| SpR | 64 | 0.5 | 3,000 | 1.0 s | -1.05 |\n"
+    )
     curves = spr_curves(None, text)
     assert curves["tokens"] == {"Best-of-N": [(1024.0, -1.2)], "SpR alpha=0.5": [(3000.0, -1.05)]}
     assert curves["seconds"]["SpR alpha=0.5"] == [(1.0, -1.05)]
@@ -147,7 +167,16 @@ def test_seed_bar_chart_when_matplotlib_is_installed(tmp_path):
     if not plots.have_matplotlib():
         assert plots.plot_seed_bars([{}], str(tmp_path / "x.png")) is None
         return
-    pair = {"name": "n", "target": [0.5, 0.5], "draft": [0.9, 0.1], "empirical": [0.49, 0.51], "num_samples": 100,
-            "std": 0.01, "noise": 0.05, "p_value": 0.8, "labels": None}
+    pair = {
+        "name": "n",
+        "target": [0.5, 0.5],
+        "draft": [0.9, 0.1],
+        "empirical": [0.49, 0.51],
+        "num_samples": 100,
+        "std": 0.01,
+        "noise": 0.05,
+        "p_value": 0.8,
+        "labels": None,
+    }
     path = plots.plot_seed_bars([pair], str(tmp_path / "seed.png"))
     assert os.path.getsize(path) > 1000

@@ -1,5 +1,6 @@
 """Best-of-N and Speculative Rejection (``specdecode.decoder.best_of_n``) and the rewards, on random tiny
 models (no dependence on the shipped weights)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,15 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.decoder.best_of_n import (FINISHED, CandidateBatch, best_of_n, candidate_uniforms, kv_bytes_per_token,
-                                  max_candidates_for_budget, speculative_rejection)
+from specdecode.decoder.best_of_n import (
+    FINISHED,
+    CandidateBatch,
+    best_of_n,
+    candidate_uniforms,
+    kv_bytes_per_token,
+    max_candidates_for_budget,
+    speculative_rejection,
+)
 from specdecode.decoder.generate import encode_prompts
 from specdecode.decoder.model import ModelConfig, Transformer
 from specdecode.decoder.rewards import LogLikelihoodReward, RewardModel, score
@@ -45,12 +53,13 @@ def gen(seed=1):
 
 def full_next_logits(model, seq, n):
     """Each row's next-token logits recomputed from scratch (no cache) from its ``n`` tokens."""
-    return torch.stack([model(seq[b:b + 1, :int(n[b])])[0, -1] for b in range(seq.shape[0])])
+    return torch.stack([model(seq[b : b + 1, : int(n[b])])[0, -1] for b in range(seq.shape[0])])
 
 
 # ---------------------------------------------------------------------------------------------
 # The engine: prefill once, compaction keeps the survivors exact
 # ---------------------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def test_compacted_survivors_logits_equal_recomputation():
@@ -89,8 +98,9 @@ def test_prompt_is_prefilled_once():
     model.register_forward_hook(lambda module, args, output: calls.append(tuple(args[0].shape)))
     n, P = 6, len(PROMPTS)
     ids, _ = encode_prompts(PROMPTS)
-    out = speculative_rejection(model, LogLikelihoodReward(model), PROMPTS, n, 0.5, 16,
-                                decision_tokens=[3, 6], generator=gen())
+    out = speculative_rejection(
+        model, LogLikelihoodReward(model), PROMPTS, n, 0.5, 16, decision_tokens=[3, 6], generator=gen()
+    )
     assert calls[0] == tuple(ids.shape) == (P, ids.shape[1])
     assert all(T == 1 and B <= P * n for B, T in calls[1:])
     assert len(calls) == out.stats["forwards"]
@@ -104,6 +114,7 @@ def test_prompt_is_prefilled_once():
 # Speculative Rejection vs Best-of-N
 # ---------------------------------------------------------------------------------------------
 
+
 def _assert_same(a, b):
     for name in ("tokens", "num_tokens", "best_candidate", "candidate_tokens", "candidate_num_tokens", "finished"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
@@ -115,11 +126,17 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("schedule", ["tokens", "memory"])
 def test_alpha_zero_equals_best_of_n(reward_kind, schedule):
     model = tiny(EOSBiased, eos_bias=1.5)
-    reward = LogLikelihoodReward(model) if reward_kind == "loglik" else RewardModel(ModelConfig(
-        n_layers=1, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=96))
+    reward = (
+        LogLikelihoodReward(model)
+        if reward_kind == "loglik"
+        else RewardModel(ModelConfig(n_layers=1, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=96))
+    )
     bon = best_of_n(model, reward, PROMPTS, 6, 14, generator=gen(3))
-    when = {"decision_tokens": [2, 5, 9]} if schedule == "tokens" else {
-        "memory_budget": kv_bytes_per_token(model) * 6 * (sum(len(p) + 1 for p in PROMPTS) + 3 * 4)}
+    when = (
+        {"decision_tokens": [2, 5, 9]}
+        if schedule == "tokens"
+        else {"memory_budget": kv_bytes_per_token(model) * 6 * (sum(len(p) + 1 for p in PROMPTS) + 3 * 4)}
+    )
     spr = speculative_rejection(model, reward, PROMPTS, 6, 0.0, 14, generator=gen(3), **when)
     if schedule == "tokens":
         assert len(spr.stats["rounds"]) == 3  # scored, nobody dropped
@@ -162,7 +179,9 @@ def test_best_of_n_candidates_are_nested_across_n():
     assert (big.rewards >= small.rewards - 1e-5).all()
     u = candidate_uniforms(7, 2, 5, 3)
     assert u.shape == (2, 5, 3) and u.dtype == torch.float64 and 0 <= float(u.min()) and float(u.max()) < 1
-    assert torch.equal(u[:, :2], candidate_uniforms(7, 2, 2, 3)) and torch.equal(u[:1, :, :2], candidate_uniforms(7, 1, 5, 2))
+    assert torch.equal(u[:, :2], candidate_uniforms(7, 2, 2, 3)) and torch.equal(
+        u[:1, :, :2], candidate_uniforms(7, 1, 5, 2)
+    )
     assert torch.equal(u[:, :, 1:], candidate_uniforms(7, 2, 5, 2, first_step=1))
     assert len(set(u.flatten().tolist())) == u.numel()
 
@@ -196,11 +215,10 @@ def test_pruning_keeps_exactly_the_top_k_per_prompt(alpha, n):
     model = tiny()
     reward = RecordingReward()
     P, taus = len(PROMPTS), [2, 4, 6]
-    out = speculative_rejection(model, reward, PROMPTS, n, alpha, 8, decision_tokens=taus, eos_id=None,
-                                generator=gen())
+    out = speculative_rejection(model, reward, PROMPTS, n, alpha, 8, decision_tokens=taus, eos_id=None, generator=gen())
     prompt_lengths = encode_prompts(PROMPTS)[1]
     live = list(range(P * n))  # no EOS: nobody finishes before a decision point
-    for r, (tokens, lengths, values) in enumerate(reward.calls[:len(taus)]):
+    for r, (tokens, lengths, values) in enumerate(reward.calls[: len(taus)]):
         sizes = [sum(1 for c in live if c // n == p) for p in range(P)]
         assert out.stats["rounds"][r]["live_per_prompt"] == sizes
         assert lengths.tolist() == [int(prompt_lengths[c // n]) + taus[r] for c in live]
@@ -254,6 +272,7 @@ def test_sampling_matches_the_distribution_of_plain_sampling():
 # Memory-budget decision points
 # ---------------------------------------------------------------------------------------------
 
+
 def test_memory_budget_decides_when_live_kv_would_exceed_it():
     model = tiny()
     bpt = kv_bytes_per_token(model)
@@ -262,8 +281,9 @@ def test_memory_budget_decides_when_live_kv_would_exceed_it():
     n = 8
     prompt_tokens = int(encode_prompts(PROMPTS)[1].sum())
     budget = bpt * (prompt_tokens * n + len(PROMPTS) * n * 4)  # room for 4 new tokens per candidate
-    out = speculative_rejection(model, LogLikelihoodReward(model), PROMPTS, n, 0.5, 40, memory_budget=budget,
-                                generator=gen(), eos_id=None)
+    out = speculative_rejection(
+        model, LogLikelihoodReward(model), PROMPTS, n, 0.5, 40, memory_budget=budget, generator=gen(), eos_id=None
+    )
     rounds = out.stats["rounds"]
     assert len(rounds) >= 2
     for r in rounds:
@@ -283,8 +303,17 @@ def test_memory_decisions_skip_rounds_that_cannot_prune():
     model = tiny()
     calls = []
     budget = kv_bytes_per_token(model) * (int(encode_prompts(PROMPTS)[1].sum()) * 4 + len(PROMPTS) * 4 * 2)
-    out = speculative_rejection(model, lambda t, l: calls.append(len(l)) or -l.float(), PROMPTS, 4, 0.3, 12,
-                                memory_budget=budget, eos_id=None, generator=gen())
+    out = speculative_rejection(
+        model,
+        lambda t, l: calls.append(len(l)) or -l.float(),
+        PROMPTS,
+        4,
+        0.3,
+        12,
+        memory_budget=budget,
+        eos_id=None,
+        generator=gen(),
+    )
     assert [r["kept_per_prompt"] for r in out.stats["rounds"]] == [[3, 3, 3]]  # 4 -> 3, then 3 -> 3 impossible
     assert calls == [12, 9]  # one partial scoring, one final
     assert out.stats["over_budget_steps"] > 0
@@ -293,6 +322,7 @@ def test_memory_decisions_skip_rounds_that_cannot_prune():
 # ---------------------------------------------------------------------------------------------
 # Rewards
 # ---------------------------------------------------------------------------------------------
+
 
 def test_loglikelihood_reward_running_sums_equal_recomputation():
     model = tiny(EOSBiased, eos_bias=1.0)
@@ -311,9 +341,11 @@ def test_loglikelihood_reward_by_hand():
     got = LogLikelihoodReward(model)(seq, lengths, prompt_lengths=plens)
     expected = []
     for b in range(2):
-        logp = torch.log_softmax(model(seq[b:b + 1, :int(lengths[b])])[0].float(), -1)
-        expected.append(sum(float(logp[j - 1, seq[b, j]]) for j in range(int(plens[b]), int(lengths[b])))
-                        / (int(lengths[b]) - int(plens[b])))
+        logp = torch.log_softmax(model(seq[b : b + 1, : int(lengths[b])])[0].float(), -1)
+        expected.append(
+            sum(float(logp[j - 1, seq[b, j]]) for j in range(int(plens[b]), int(lengths[b])))
+            / (int(lengths[b]) - int(plens[b]))
+        )
     torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-6)
 
 
@@ -361,11 +393,16 @@ def test_score_chunks_and_checks_the_reward():
 # Bad arguments
 # ---------------------------------------------------------------------------------------------
 
+
 def test_bad_arguments_raise_clear_errors():
     model = tiny()
     reward = LogLikelihoodReward(model)
-    spr = lambda **kw: speculative_rejection(**{**dict(model=model, reward=reward, prompts=PROMPTS, n=4, alpha=0.5,
-                                                       max_new_tokens=8, decision_tokens=[2]), **kw})
+    spr = lambda **kw: speculative_rejection(
+        **{
+            **dict(model=model, reward=reward, prompts=PROMPTS, n=4, alpha=0.5, max_new_tokens=8, decision_tokens=[2]),
+            **kw,
+        }
+    )
     cases = [
         (dict(n=0), ValueError, "n must be >= 1"),
         (dict(n=2.0), TypeError, "n must be an int"),
@@ -375,7 +412,7 @@ def test_bad_arguments_raise_clear_errors():
         (dict(alpha=None), TypeError, "alpha must be a real number"),
         (dict(alpha=True), TypeError, "alpha must be a real number"),
         (dict(decision_tokens=None), ValueError, "exactly one of decision_tokens"),
-        (dict(memory_budget=10 ** 9), ValueError, "exactly one of decision_tokens"),
+        (dict(memory_budget=10**9), ValueError, "exactly one of decision_tokens"),
         (dict(decision_tokens=[]), ValueError, "decision_tokens is empty"),
         (dict(decision_tokens=[3, 3]), ValueError, "strictly increasing"),
         (dict(decision_tokens=[8]), ValueError, "outside \\[1, max_new_tokens = 8\\)"),
@@ -403,8 +440,9 @@ def test_bad_arguments_raise_clear_errors():
 
 def test_output_texts_and_status():
     model = tiny(EOSBiased, eos_bias=2.0)
-    out = speculative_rejection(model, LogLikelihoodReward(model), PROMPTS, 4, 0.5, 10, decision_tokens=[3],
-                                generator=gen())
+    out = speculative_rejection(
+        model, LogLikelihoodReward(model), PROMPTS, 4, 0.5, 10, decision_tokens=[3], generator=gen()
+    )
     texts = out.texts()
     assert len(texts) == len(PROMPTS) and all(isinstance(t, str) for t in texts)
     assert out.finished[torch.arange(len(PROMPTS)), out.best_candidate].all()
@@ -423,8 +461,18 @@ def test_reward_receives_prompt_lengths_if_it_asks_and_progress_is_reported():
         seen.append((lengths.clone(), prompt_lengths.clone()))
         return -lengths.float()
 
-    out = speculative_rejection(model, reward, PROMPTS, 3, 0.5, 6, decision_tokens=[2], eos_id=None,
-                                generator=gen(), progress=lambda step, live: steps.append((step, live)))
+    out = speculative_rejection(
+        model,
+        reward,
+        PROMPTS,
+        3,
+        0.5,
+        6,
+        decision_tokens=[2],
+        eos_id=None,
+        generator=gen(),
+        progress=lambda step, live: steps.append((step, live)),
+    )
     plens = encode_prompts(PROMPTS)[1]
     lengths, prompt_lengths = seen[0]  # the decision point: every row has 2 new tokens
     assert prompt_lengths.tolist() == plens.repeat_interleave(3).tolist()

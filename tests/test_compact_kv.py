@@ -5,6 +5,7 @@ whole buffer: the first N' rows of the view hold exactly the bytes of ``index_se
 original, and every other byte of the buffer (rows >= N', padding, gaps of strided views) is
 unchanged. Both kernels: the C++ op on CPU tensors, the Triton launcher under the interpreter.
 """
+
 import itertools
 
 import pytest
@@ -28,8 +29,12 @@ def triton_kernel_compact(data, kept_indices, batch_dim):
     triton_compact_kv_(data, kept_indices, batch_dim, scratch_bytes=0)  # the kernel, at every size
 
 
-KERNELS = {"cpp": cpp_compact, "triton": triton_kernel_compact, "triton-small-scratch": triton_compact_kv_,
-           "public": public_compact}
+KERNELS = {
+    "cpp": cpp_compact,
+    "triton": triton_kernel_compact,
+    "triton-small-scratch": triton_compact_kv_,
+    "public": public_compact,
+}
 
 
 def random_buffer(numel: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -50,11 +55,11 @@ def make_view(kind: str, shape, dtype, generator, pad: int = 5):
     if kind == "contiguous":
         numel = int(torch.Size(shape).numel())
         buffer = random_buffer(numel + 2 * pad, dtype, generator)
-        return buffer, buffer[pad:pad + numel].view(shape)
+        return buffer, buffer[pad : pad + numel].view(shape)
     if kind == "sliced":
         wide = shape[:-2] + [shape[-2] + 3, shape[-1]]
         buffer = random_buffer(int(torch.Size(wide).numel()), dtype, generator)
-        return buffer, buffer.view(wide)[..., 1:1 + shape[-2], :]
+        return buffer, buffer.view(wide)[..., 1 : 1 + shape[-2], :]
     if kind == "permuted":
         order = list(range(len(shape)))[::-1]  # storage dims reversed
         stored = [shape[d] for d in order]
@@ -100,8 +105,11 @@ def shape_with(shape, num_rows):
 
 
 @pytest.mark.parametrize("kernel", ["cpp", "triton", "triton-small-scratch"])
-@pytest.mark.parametrize("kind,shape,batch_dim,dtype", EXHAUSTIVE_LAYOUTS,
-                         ids=[f"{k}-{'x'.join(map(str, s))}-dim{d}-{str(t)[6:]}" for k, s, d, t in EXHAUSTIVE_LAYOUTS])
+@pytest.mark.parametrize(
+    "kind,shape,batch_dim,dtype",
+    EXHAUSTIVE_LAYOUTS,
+    ids=[f"{k}-{'x'.join(map(str, s))}-dim{d}-{str(t)[6:]}" for k, s, d, t in EXHAUSTIVE_LAYOUTS],
+)
 def test_every_ascending_kept_set_up_to_8_rows(kernel, kind, shape, batch_dim, dtype):
     generator = torch.Generator().manual_seed(0)
     # One-element runs cost the interpreter a program per element: 6 rows there (127 kept sets).
@@ -128,7 +136,7 @@ def test_random_large_cases(kernel, case):
     kind, shape, batch_dim, dtype = layouts[case]
     num_rows = shape[batch_dim]
     for keep_fraction in (0.1, 0.5, 0.9):
-        kept = sorted(torch.randperm(num_rows, generator=generator)[:max(1, int(keep_fraction * num_rows))].tolist())
+        kept = sorted(torch.randperm(num_rows, generator=generator)[: max(1, int(keep_fraction * num_rows))].tolist())
         check_compaction(kernel, kind, shape, dtype, batch_dim, kept, generator)
 
 
@@ -138,7 +146,7 @@ def test_triton_many_tiles_per_row():
         buffer, view = make_view("sliced", (8, 3, 5, 40), torch.float32, generator)
         expected = view.index_select(0, torch.tensor(kept)).clone()
         triton_compact_kv_(view, torch.tensor(kept), 0, block=16, scratch_bytes=0)  # 200-word runs: 13 tiles
-        assert torch.equal(view[:len(kept)].view(torch.int32), expected.view(torch.int32))
+        assert torch.equal(view[: len(kept)].view(torch.int32), expected.view(torch.int32))
 
 
 def test_sequence_of_tensors_with_per_tensor_batch_dims():
@@ -169,13 +177,17 @@ def test_empty_kept_set_and_all_rows():
 
 # --- bad input --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kept,match", [
-    ([2, 1], r"strictly ascending: kept_indices\[0\] = 2, kept_indices\[1\] = 1 \(not ascending\)"),
-    ([1, 1], r"\(a duplicate\)"),
-    ([0, 4], r"kept_indices\[1\] = 4 is outside \[0, 4\)"),
-    ([-1, 2], r"kept_indices\[0\] = -1 is outside"),
-    ([0, 1, 2, 3, 3], "5 kept indices for a batch of only 4 rows"),
-])
+
+@pytest.mark.parametrize(
+    "kept,match",
+    [
+        ([2, 1], r"strictly ascending: kept_indices\[0\] = 2, kept_indices\[1\] = 1 \(not ascending\)"),
+        ([1, 1], r"\(a duplicate\)"),
+        ([0, 4], r"kept_indices\[1\] = 4 is outside \[0, 4\)"),
+        ([-1, 2], r"kept_indices\[0\] = -1 is outside"),
+        ([0, 1, 2, 3, 3], "5 kept indices for a batch of only 4 rows"),
+    ],
+)
 def test_bad_kept_indices(kept, match):
     cache = torch.arange(12.0).view(4, 3)
     with pytest.raises(ValueError, match=match):

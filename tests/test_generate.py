@@ -5,6 +5,7 @@ speculative decoding draws the first and second tokens from the target's distrib
 Random tiny models (no trained weights). The draft is a noisy copy of the target, so it agrees
 often but not always and both the accept and the reject paths run.
 """
+
 import copy
 import math
 
@@ -82,8 +83,10 @@ def test_rows_stop_at_eos(pair):
     free = generate(target, PROMPTS, 16, eos_id=None)
     eos = int(free.tokens[0, 5])  # a token row 0 emits by its 6th step: call it EOS
     first_eos = [next((i for i, t in enumerate(row) if t == eos), 15) + 1 for row in free.tokens.tolist()]
-    for out in (generate(target, PROMPTS, 16, eos_id=eos),
-                speculative_generate(target, draft, PROMPTS, 16, num_draft_tokens=3, eos_id=eos)):
+    for out in (
+        generate(target, PROMPTS, 16, eos_id=eos),
+        speculative_generate(target, draft, PROMPTS, 16, num_draft_tokens=3, eos_id=eos),
+    ):
         assert out.num_tokens.tolist() == first_eos
         for b, n in enumerate(first_eos):
             assert torch.equal(out.tokens[b, :n], free.tokens[b, :n])
@@ -96,7 +99,9 @@ def test_prompt_forms_and_errors(pair):
     assert ids.tolist() == [[256, 97, 98], [256, 99, PAD_ID]] and lengths.tolist() == [3, 2]
     as_tensor = generate(target, torch.tensor([[256, 97, 98]]), 5)
     as_list = generate(target, [[256, 97, 98]], 5)
-    assert torch.equal(as_tensor.tokens, as_list.tokens) and torch.equal(as_list.tokens, generate(target, "ab", 5).tokens)
+    assert torch.equal(as_tensor.tokens, as_list.tokens) and torch.equal(
+        as_list.tokens, generate(target, "ab", 5).tokens
+    )
     one_token = speculative_generate(target, draft, [[256]], 8, num_draft_tokens=2, eos_id=None)
     assert torch.equal(one_token.tokens, generate(target, [[256]], 8, eos_id=None).tokens)
     with pytest.raises(ValueError, match="num_draft_tokens"):
@@ -112,6 +117,7 @@ def test_prompt_forms_and_errors(pair):
 
 
 # ---- sampling: the output distribution is the target's ----------------------------------------
+
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """P-value of a chi-square goodness-of-fit test; bins expected below 5 are merged into one."""
@@ -145,8 +151,16 @@ def check_first_two_tokens(num_rows: int, vocab: int, num_draft_tokens: int, tem
     first, second = exact_first_two(target, prompt, temperature)
     generator = torch.Generator().manual_seed(seed)
     prompts = torch.tensor([prompt]).expand(num_rows, -1)
-    spec = speculative_generate(target, draft, prompts, 2, num_draft_tokens=num_draft_tokens,
-                                temperature=temperature, generator=generator, eos_id=None)
+    spec = speculative_generate(
+        target,
+        draft,
+        prompts,
+        2,
+        num_draft_tokens=num_draft_tokens,
+        temperature=temperature,
+        generator=generator,
+        eos_id=None,
+    )
     plain = generate(target, prompts, 2, temperature=temperature, generator=generator, eos_id=None)
     draft_first, _ = exact_first_two(draft, prompt, temperature)
     for out in (spec, plain):
@@ -182,6 +196,7 @@ def test_chi_square_helper_rejects_a_wrong_distribution():
 
 def test_pretrained_dtypes():
     import specdecode as sd
+
     target_dtype, draft_dtype = sd.default_dtypes("cpu")
     assert draft_dtype == torch.float32
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
@@ -196,6 +211,7 @@ def test_shipped_pair_loads_and_decodes_losslessly():
 
     import specdecode as sd
     from specdecode.decoder.generate import WEIGHTS_DIR
+
     if not os.path.exists(os.path.join(WEIGHTS_DIR, "target.pt")):
         pytest.skip("no shipped weights in this checkout")
     target, draft = sd.load_pretrained()

@@ -13,6 +13,7 @@ rejects a target distribution off by 3% in two bins.
 The Triton kernel is checked against the reference exactly (test_rejection_sample.py); it runs
 here only at a small size because the interpreter is slow.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -110,8 +111,9 @@ def test_greedy_is_the_argmax_chain():
     draft_probs, target, proposal = make_pair("random", seed=9)
     draft_ids = sample_drafts(proposal, 5000, seed=10)
     rows = draft_ids.shape[0]
-    out = sd.rejection_sample(draft_ids, draft_probs[None].expand(rows, -1, -1),
-                              target[None].expand(rows, -1, -1), greedy=True)
+    out = sd.rejection_sample(
+        draft_ids, draft_probs[None].expand(rows, -1, -1), target[None].expand(rows, -1, -1), greedy=True
+    )
     argmax = target.argmax(-1)
     for row in range(0, rows, 97):
         j = int(out.num_accepted[row])
@@ -144,8 +146,9 @@ def test_seed_experiment_one_million_first_tokens():
     target = torch.softmax(torch.randn(2, vocab, generator=gen) * 2, -1)
     draft = torch.softmax(torch.randn(1, vocab, generator=gen) * 2, -1)
     draft_ids = torch.multinomial(draft, num_samples, replacement=True, generator=gen).T.contiguous()
-    out = sd.rejection_sample(draft_ids, draft[None].expand(num_samples, -1, -1),
-                              target[None].expand(num_samples, -1, -1), seed=12)
+    out = sd.rejection_sample(
+        draft_ids, draft[None].expand(num_samples, -1, -1), target[None].expand(num_samples, -1, -1), seed=12
+    )
     empirical = torch.bincount(out.token_ids[:, 0], minlength=vocab).double() / num_samples
     std = float((empirical - target[0].double()).std())
     # Under exact sampling E[(f - q)^2] = q(1 - q)/N; the std of the difference is about that.

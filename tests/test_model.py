@@ -3,6 +3,7 @@
 Random tiny models in float64, so "equal" can be a tight tolerance: any wrong position, mask,
 RoPE angle or cache row shows up as an O(1e-2) difference, rounding as O(1e-15).
 """
+
 import pytest
 import torch
 
@@ -64,10 +65,10 @@ def test_ragged_rows_at_different_positions():
     with torch.no_grad():
         for b, seq in enumerate(seqs):  # prefill each row alone into its own cache row
             row_cache = model.new_cache(1, 16)
-            model(seq[None, :lengths[b]], cache=row_cache)
+            model(seq[None, : lengths[b]], cache=row_cache)
             for dst, src in zip(cache.tensors(), row_cache.tensors()):
                 dst[b] = src[0]
-        step = torch.stack([seq[n:n + 3] for seq, n in zip(seqs, lengths)])
+        step = torch.stack([seq[n : n + 3] for seq, n in zip(seqs, lengths)])
         got = model(step, torch.tensor(lengths), cache)
         positions = torch.tensor(lengths)[:, None] + torch.arange(3)
         again = model(step, positions, cache)  # the [B, T] position form, same answer
@@ -148,7 +149,7 @@ def test_bf16_body_widened_to_float32():
         for cache in caches:
             model(tokens[:, :9], cache=cache)
         three = model(tokens[:, 9:], torch.full((2,), 9), caches[0])
-        one = torch.cat([model(tokens[:, i:i + 1], torch.full((2,), i), caches[1]) for i in range(9, 12)], 1)
+        one = torch.cat([model(tokens[:, i : i + 1], torch.full((2,), i), caches[1]) for i in range(9, 12)], 1)
     assert logits.dtype == three.dtype == torch.float32
     scale = want.abs().max().item()
     assert 0 < (logits - want).abs().max().item() < 0.05 * scale  # the bf16 body ran: ~3 digits

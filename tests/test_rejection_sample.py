@@ -4,6 +4,7 @@ Three backends run every exact case: the pure-PyTorch reference (the spec), the 
 (through the registered op) and the Triton kernel (its launcher on CPU tensors, under
 TRITON_INTERPRET=1, set in conftest.py). The statistical tests are in test_losslessness.py.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -59,6 +60,7 @@ def random_probs(*shape, temperature=1.0, dtype=torch.float32):
 # Exact cases
 # ------------------------------------------------------------------------------------------
 
+
 def test_all_accepted_then_bonus(backend):
     vocab = 12
     target = one_hot_rows([3, 5, 7, 9], vocab)[None]  # q_i one-hot at the drafts, bonus at 9
@@ -105,14 +107,16 @@ def test_k_zero_emits_from_target_row(backend):
 
 
 def test_empty_batch(backend):
-    tokens, accepted = verify(backend, torch.zeros(0, 3, dtype=torch.long), random_probs(0, 3, 5),
-                              random_probs(0, 4, 5))
+    tokens, accepted = verify(
+        backend, torch.zeros(0, 3, dtype=torch.long), random_probs(0, 3, 5), random_probs(0, 4, 5)
+    )
     assert tokens.shape == (0, 4) and accepted.shape == (0,)
 
 
 def test_greedy_rows(backend):
-    target = torch.tensor([[[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]],
-                           [[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]]])
+    target = torch.tensor(
+        [[[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]], [[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]]]
+    )
     draft_ids = torch.tensor([[1, 0], [1, 2]])  # row 0 matches both argmaxes; row 1 fails at 1
     tokens, accepted = verify(backend, draft_ids, random_probs(2, 2, 3), target, greedy=True)
     assert tokens.tolist() == [[1, 0, 2], [1, 0, -1]]
@@ -154,6 +158,7 @@ def test_one_hot_drafts_residual_excludes_the_draft(backend):
 # ------------------------------------------------------------------------------------------
 # Edge cases from SPEC.md
 # ------------------------------------------------------------------------------------------
+
 
 def test_zero_uniform_never_accepts_zero_probability(backend):
     assert float(core.uniforms(torch.tensor([SEED_WITH_ZERO_UNIFORM]), torch.tensor([0]), 1, 1)[0, 0]) == 0.0
@@ -205,7 +210,9 @@ def test_vocab_not_a_multiple_of_the_tile_with_zero_mass_tail(backend, vocab):
     draft_probs[:, :, :4] = 0.25
     draft_ids = torch.tensor([[7], [6], [0], [1]])  # 7, 6: p = 0 -> accept; 0, 1: maybe reject
     for seed in range(4):
-        tokens, accepted = verify(backend, draft_ids, draft_probs, target, seed=seed, block_v=64 if vocab < 1000 else 1024)
+        tokens, accepted = verify(
+            backend, draft_ids, draft_probs, target, seed=seed, block_v=64 if vocab < 1000 else 1024
+        )
         emitted = tokens.gather(1, accepted[:, None])
         assert torch.all((emitted >= 0) & (emitted < 8))
 
@@ -244,8 +251,11 @@ def assert_emitted_within_rounding(tokens, accepted, expected, draft_ids, draft_
         q = target[row, j].double()
         p = torch.zeros_like(q)
         if j < draft_ids.shape[1] and 0 <= draft_ids[row, j] < q.numel():
-            p = draft_probs[row, j].double() if draft_probs is not None else torch.nn.functional.one_hot(
-                draft_ids[row, j], q.numel()).double()
+            p = (
+                draft_probs[row, j].double()
+                if draft_probs is not None
+                else torch.nn.functional.one_hot(draft_ids[row, j], q.numel()).double()
+            )
         w = torch.where(q - p > 0, q - p, 0)
         cdf = w.cumsum(0)
         total = float(cdf[-1])
@@ -253,8 +263,8 @@ def assert_emitted_within_rounding(tokens, accepted, expected, draft_ids, draft_
         low = float(cdf[got - 1]) if got > 0 else 0.0
         assert w[got] > 0, f"row {row}: emitted {got} has no residual mass"
         assert low - ROUNDING_BOUND * total <= threshold < float(cdf[got]) + ROUNDING_BOUND * total, (
-            f"row {row}: kernel emitted {got}, reference {int(expected.token_ids[row, j])}, "
-            f"beyond rounding")
+            f"row {row}: kernel emitted {got}, reference {int(expected.token_ids[row, j])}, beyond rounding"
+        )
 
 
 GRID = [  # (B, K, V, block_v for Triton)
@@ -279,7 +289,7 @@ def test_kernel_matches_reference(kernel, proposer, dtype, batch, num_drafts, vo
     else:
         draft_probs = random_probs(batch, num_drafts, vocab, temperature=0.5, dtype=dtype)
     draft_ids = torch.multinomial(draft_probs.float().reshape(-1, vocab), 1).reshape(batch, num_drafts)
-    draft_ids[0, num_drafts // 2:] = -1  # a ragged row
+    draft_ids[0, num_drafts // 2 :] = -1  # a ragged row
     if proposer == "one-hot":
         draft_probs = None
     greedy = torch.rand(batch) < 0.25
@@ -307,6 +317,7 @@ def test_triton_matches_cpp_exactly_on_a_larger_batch():
 # ------------------------------------------------------------------------------------------
 # Randomness: seeds, offsets, generators, per-row streams
 # ------------------------------------------------------------------------------------------
+
 
 def _random_case(batch=12, num_drafts=3, vocab=40):
     target = random_probs(batch, num_drafts + 1, vocab)
@@ -339,12 +350,18 @@ def test_per_row_seed_reproduces_a_request_in_any_batch():
     offsets = torch.arange(8) * 3
     batched = sd.rejection_sample(draft_ids, draft_probs, target, seed=seeds, offset=offsets)
     for row in range(8):
-        alone = sd.rejection_sample(draft_ids[row:row + 1], draft_probs[row:row + 1], target[row:row + 1],
-                                    seed=seeds[row:row + 1], offset=offsets[row:row + 1])
+        alone = sd.rejection_sample(
+            draft_ids[row : row + 1],
+            draft_probs[row : row + 1],
+            target[row : row + 1],
+            seed=seeds[row : row + 1],
+            offset=offsets[row : row + 1],
+        )
         assert torch.equal(alone.token_ids[0], batched.token_ids[row])
     permuted = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
-    shuffled = sd.rejection_sample(draft_ids[permuted], draft_probs[permuted], target[permuted],
-                                   seed=seeds[permuted], offset=offsets[permuted])
+    shuffled = sd.rejection_sample(
+        draft_ids[permuted], draft_probs[permuted], target[permuted], seed=seeds[permuted], offset=offsets[permuted]
+    )
     assert torch.equal(shuffled.token_ids, batched.token_ids[permuted])
 
 
@@ -369,6 +386,7 @@ def test_cpp_and_triton_draw_identical_uniforms():
 # ------------------------------------------------------------------------------------------
 # Public API: argument checks, validate=True, no mutation, module, torch.library plumbing
 # ------------------------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise_clear_errors():
     draft_ids, draft_probs, target = _random_case(batch=2, num_drafts=3, vocab=10)
@@ -449,8 +467,10 @@ def test_strided_probabilities():
 def test_module_wraps_the_op():
     draft_ids, draft_probs, target = _random_case()
     module = sd.RejectionSampler()
-    assert torch.equal(module(draft_ids, draft_probs, target, seed=4).token_ids,
-                       sd.rejection_sample(draft_ids, draft_probs, target, seed=4).token_ids)
+    assert torch.equal(
+        module(draft_ids, draft_probs, target, seed=4).token_ids,
+        sd.rejection_sample(draft_ids, draft_probs, target, seed=4).token_ids,
+    )
     with pytest.raises(ValueError):
         sd.RejectionSampler(validate=True)(draft_ids, draft_probs, target * 2, seed=4)
 
@@ -459,8 +479,10 @@ def test_opcheck():
     draft_ids, draft_probs, target = _random_case()
     greedy = torch.rand(draft_ids.shape[0]) < 0.5
     for probs in (draft_probs, None):
-        torch.library.opcheck(torch.ops.specdecode.rejection_sample,
-                              (draft_ids, probs, target, greedy, torch.tensor([1]), torch.tensor([0])))
+        torch.library.opcheck(
+            torch.ops.specdecode.rejection_sample,
+            (draft_ids, probs, target, greedy, torch.tensor([1]), torch.tensor([0])),
+        )
 
 
 def test_torch_compile_fullgraph_matches_eager():

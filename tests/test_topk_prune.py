@@ -1,5 +1,6 @@
 """topk_prune: both kernels (C++ op on CPU tensors, Triton launcher under the interpreter)
 equal the reference exactly; the public topk_prune; alpha -> num_keep rounding; bad input."""
+
 import math
 from fractions import Fraction
 
@@ -35,14 +36,16 @@ def random_case(generator, num_groups, max_group, dtype, value_range=None, nan_f
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("value_range,nan_fraction", [(None, 0.0), (2, 0.0), (3, 0.3), (None, 0.5)],
-                         ids=["distinct", "ties", "ties+nan", "nan"])
+@pytest.mark.parametrize(
+    "value_range,nan_fraction",
+    [(None, 0.0), (2, 0.0), (3, 0.3), (None, 0.5)],
+    ids=["distinct", "ties", "ties+nan", "nan"],
+)
 def test_kernels_equal_reference_on_random_groups(kernel, dtype, value_range, nan_fraction):
     generator = torch.Generator().manual_seed(hash((dtype, value_range, nan_fraction)) % 2**31)
     layouts = ((1, 1), (3, 5), (6, 20), (2, 70)) if kernel == "triton" else ((1, 1), (3, 5), (7, 20), (16, 40), (2, 70))
     for num_groups, max_group in layouts:
-        rewards, group_sizes, num_keep = random_case(generator, num_groups, max_group, dtype, value_range,
-                                                     nan_fraction)
+        rewards, group_sizes, num_keep = random_case(generator, num_groups, max_group, dtype, value_range, nan_fraction)
         expected = ref.topk_prune(rewards, group_sizes, num_keep)
         got = KERNELS[kernel](rewards, group_sizes, num_keep)
         assert got.dtype == torch.bool and got.shape == rewards.shape
@@ -71,8 +74,9 @@ def test_triton_groups_spanning_many_tiles(value_range, nan_fraction):
     # A tiny tile: the radix-select counts and the tie prefix count are carried across tiles.
     generator = torch.Generator().manual_seed(11)
     for num_groups, max_group in ((3, 5), (2, 40)):
-        rewards, group_sizes, num_keep = random_case(generator, num_groups, max_group, torch.float32,
-                                                     value_range, nan_fraction)
+        rewards, group_sizes, num_keep = random_case(
+            generator, num_groups, max_group, torch.float32, value_range, nan_fraction
+        )
         got = triton_topk_prune(rewards, group_sizes, num_keep, block=8)
         assert torch.equal(got, ref.topk_prune(rewards, group_sizes, num_keep))
 
@@ -103,7 +107,9 @@ def test_all_ties_keep_lowest_indices(kernel):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_empty_inputs(kernel):
     assert KERNELS[kernel](torch.empty(0), torch.tensor([0, 0]), torch.tensor([0, 0])).shape == (0,)
-    assert KERNELS[kernel](torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)).shape == (0,)
+    assert KERNELS[kernel](
+        torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    ).shape == (0,)
 
 
 @pytest.mark.parametrize("kernel", ["cpp", "triton"])
@@ -113,11 +119,11 @@ def test_large_group(kernel):
     rewards = torch.randint(-50, 50, (5000 + 7,), generator=generator).float()
     group_sizes = torch.tensor([3, 5000, 4])
     num_keep = torch.tensor([1, 1234, 4])
-    assert torch.equal(KERNELS[kernel](rewards, group_sizes, num_keep),
-                       ref.topk_prune(rewards, group_sizes, num_keep))
+    assert torch.equal(KERNELS[kernel](rewards, group_sizes, num_keep), ref.topk_prune(rewards, group_sizes, num_keep))
 
 
 # --- alpha -> num_keep ----------------------------------------------------------------------
+
 
 def test_alpha_rounding_is_exact_decimal():
     # The float product is 3.0000000000000004; a float ceil would keep 4.
@@ -196,20 +202,24 @@ def test_kept_indices_from_mask_is_static():
 
 # --- bad input ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(group_sizes=[2, 3], num_keep=[3, 1]), ValueError, r"num_keep\[0\] = 3 is outside \[0, 2\]"),
-    (dict(group_sizes=[2, 3], num_keep=[-1, 1]), ValueError, r"num_keep\[0\] = -1"),
-    (dict(group_sizes=[2, 2], num_keep=[1, 1]), ValueError, "sum to 4 but rewards has N = 5"),
-    (dict(group_sizes=[6, -1], num_keep=[1, 0]), ValueError, r"group_sizes\[1\] = -1 is negative"),
-    (dict(group_sizes=[5], num_keep=[1, 0]), ValueError, "num_keep has 2 entries"),
-    (dict(group_sizes=[5], num_keep=[1], alpha=0.5), ValueError, "exactly one of alpha"),
-    (dict(group_sizes=[5]), ValueError, "exactly one of alpha"),
-    (dict(group_sizes=[5], alpha=1.5), ValueError, r"alpha must be in \[0, 1\]"),
-    (dict(group_sizes=[5], alpha=float("nan")), ValueError, r"alpha must be in \[0, 1\]"),
-    (dict(group_sizes=[5], alpha=True), TypeError, "alpha must be a real number"),
-    (dict(group_sizes=[5.0], alpha=0.5), TypeError, r"group_sizes\[0\] must be an int"),
-    (dict(group_sizes=torch.tensor([5.0]), alpha=0.5), ValueError, "group_sizes must be a 1-D int32/int64"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(group_sizes=[2, 3], num_keep=[3, 1]), ValueError, r"num_keep\[0\] = 3 is outside \[0, 2\]"),
+        (dict(group_sizes=[2, 3], num_keep=[-1, 1]), ValueError, r"num_keep\[0\] = -1"),
+        (dict(group_sizes=[2, 2], num_keep=[1, 1]), ValueError, "sum to 4 but rewards has N = 5"),
+        (dict(group_sizes=[6, -1], num_keep=[1, 0]), ValueError, r"group_sizes\[1\] = -1 is negative"),
+        (dict(group_sizes=[5], num_keep=[1, 0]), ValueError, "num_keep has 2 entries"),
+        (dict(group_sizes=[5], num_keep=[1], alpha=0.5), ValueError, "exactly one of alpha"),
+        (dict(group_sizes=[5]), ValueError, "exactly one of alpha"),
+        (dict(group_sizes=[5], alpha=1.5), ValueError, r"alpha must be in \[0, 1\]"),
+        (dict(group_sizes=[5], alpha=float("nan")), ValueError, r"alpha must be in \[0, 1\]"),
+        (dict(group_sizes=[5], alpha=True), TypeError, "alpha must be a real number"),
+        (dict(group_sizes=[5.0], alpha=0.5), TypeError, r"group_sizes\[0\] must be an int"),
+        (dict(group_sizes=torch.tensor([5.0]), alpha=0.5), ValueError, "group_sizes must be a 1-D int32/int64"),
+    ],
+)
 def test_topk_prune_bad_arguments(kwargs, error, match):
     rewards = torch.arange(5, dtype=torch.float32)
     with pytest.raises(error, match=match):
@@ -245,5 +255,4 @@ def test_triton_clamps_unvalidated_values():
 def test_opcheck():
     rewards, group_sizes, num_keep = random_case(torch.Generator().manual_seed(3), 4, 9, torch.float32, 2, 0.2)
     torch.library.opcheck(torch.ops.specdecode.topk_prune, (rewards, group_sizes, num_keep))
-    torch.library.opcheck(torch.ops.specdecode.topk_prune,
-                          (rewards.bfloat16(), group_sizes, num_keep))
+    torch.library.opcheck(torch.ops.specdecode.topk_prune, (rewards.bfloat16(), group_sizes, num_keep))

@@ -59,6 +59,7 @@ with the unfinished ones, specrej.md §1.4; here keeping them is free).
 lower candidate index; NaN ranks below every number (``topk_prune``'s order). Rewards are
 compared in float32.
 """
+
 from __future__ import annotations
 
 import time
@@ -77,8 +78,17 @@ from specdecode.ops.topk_prune import topk_prune
 from specdecode.decoder.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
 
-__all__ = ["best_of_n", "speculative_rejection", "BestOfNOutput", "CandidateBatch", "candidate_uniforms",
-           "kv_bytes_per_token", "max_candidates_for_budget", "LogLikelihoodReward", "RewardModel"]
+__all__ = [
+    "best_of_n",
+    "speculative_rejection",
+    "BestOfNOutput",
+    "CandidateBatch",
+    "candidate_uniforms",
+    "kv_bytes_per_token",
+    "max_candidates_for_budget",
+    "LogLikelihoodReward",
+    "RewardModel",
+]
 
 LIVE, FINISHED, PRUNED = 0, 1, 2
 
@@ -90,8 +100,7 @@ def kv_bytes_per_token(model: Transformer) -> int:
     return 2 * c.n_layers * c.n_kv_heads * c.head_dim * model.kv_dtype.itemsize
 
 
-def max_candidates_for_budget(model: Transformer, prompts: Prompts, memory_budget: int,
-                              min_new_tokens: int = 8) -> int:
+def max_candidates_for_budget(model: Transformer, prompts: Prompts, memory_budget: int, min_new_tokens: int = 8) -> int:
     """The largest ``n`` whose initial batch (every prompt's ``n`` candidates holding the prompt
     plus ``min_new_tokens`` positions) fits ``memory_budget`` bytes of KV: the paper's initial
     batch, "as large as memory allows" (its code requires room for 8 new tokens)."""
@@ -134,8 +143,17 @@ class CandidateBatch:
     candidate id in ``final_seq``/``final_len``/``final_logprob``/``status``.
     """
 
-    def __init__(self, model: Transformer, ids: Tensor, prompt_lengths: Tensor, n: int, max_new_tokens: int,
-                 temperature: float, seed: int, eos_id: int | None):
+    def __init__(
+        self,
+        model: Transformer,
+        ids: Tensor,
+        prompt_lengths: Tensor,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        eos_id: int | None,
+    ):
         self.model, self.n_per_prompt, self.max_new_tokens = model, n, max_new_tokens
         self.temperature, self.seed, self.eos_id = temperature, seed, eos_id
         self._uniforms, self._uniforms_from = None, 0  # a block of steps at a time: bounded memory
@@ -214,8 +232,11 @@ class CandidateBatch:
         if self._uniforms is None or self.step >= self._uniforms_from + block:
             self._uniforms_from = self.step
             steps = min(block, self.max_new_tokens - self.step)
-            self._uniforms = candidate_uniforms(self.seed, self.num_prompts, self.n_per_prompt, steps,
-                                                self.step).flatten(0, 1).to(self.seq.device)
+            self._uniforms = (
+                candidate_uniforms(self.seed, self.num_prompts, self.n_per_prompt, steps, self.step)
+                .flatten(0, 1)
+                .to(self.seq.device)
+            )
         return self._uniforms[:, self.step - self._uniforms_from]
 
     @torch.no_grad()
@@ -239,9 +260,9 @@ class CandidateBatch:
         """Keep rows ``kept`` (ascending) as rows ``0..len(kept)-1``: the KV cache and every
         per-row tensor, in place (``compact_kv_cache_``); the state becomes the narrowed views."""
         state = [self.seq, self.n, self.prompt_len, self.cand, self.logits, self.logprob_sum]
-        live_cache = [t[:self.size] for t in self.cache.tensors()]  # the forward reads rows 0..B-1
+        live_cache = [t[: self.size] for t in self.cache.tensors()]  # the forward reads rows 0..B-1
         views = compact_kv_cache_(state + live_cache, kept, batch_dim=0)
-        self.seq, self.n, self.prompt_len, self.cand, self.logits, self.logprob_sum = views[:len(state)]
+        self.seq, self.n, self.prompt_len, self.cand, self.logits, self.logprob_sum = views[: len(state)]
 
     def retire(self, finished: Tensor) -> None:
         self.archive(finished.nonzero().flatten(), FINISHED)
@@ -256,16 +277,26 @@ def candidate_uniforms(seed: int, num_prompts: int, n: int, num_steps: int, firs
     j = torch.arange(n, dtype=torch.int64)[None, :, None]
     t = torch.arange(first_step, first_step + num_steps, dtype=torch.int64)[None, None, :]
     word0, word1, _, _ = philox4x32(torch.tensor(seed, dtype=torch.int64), t, j, g, 0)
-    return ((word0 >> 5) * 2 ** 26 + (word1 >> 6)).double() * 2.0 ** -53
+    return ((word0 >> 5) * 2**26 + (word1 >> 6)).double() * 2.0**-53
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
 
-def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_new_tokens: int,
-              temperature: float = 1.0, generator: torch.Generator | None = None, eos_id: int | None = EOS_ID,
-              reward_batch_size: int | None = 256, progress: Callable[[int, int], None] | None = None) -> BestOfNOutput:
+
+def best_of_n(
+    model: Transformer,
+    reward: Reward,
+    prompts: Prompts,
+    n: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = EOS_ID,
+    reward_batch_size: int | None = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> BestOfNOutput:
     """Best-of-N for many prompts at once: ``n`` candidates per prompt decoded to the end (EOS or
     ``max_new_tokens``) in one dense batch, each scored by ``reward``; the best per prompt wins.
 
@@ -295,16 +326,39 @@ def best_of_n(model: Transformer, reward: Reward, prompts: Prompts, n: int, max_
         ``peak_kv_bytes`` (largest live KV), ``kv_bytes_per_token``, ``over_budget_steps``,
         ``rounds`` (empty here).
     """
-    return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
-                progress, alpha=None, decision_tokens=None, memory_budget=None)
+    return _run(
+        model,
+        reward,
+        prompts,
+        n,
+        max_new_tokens,
+        temperature,
+        generator,
+        eos_id,
+        reward_batch_size,
+        progress,
+        alpha=None,
+        decision_tokens=None,
+        memory_budget=None,
+    )
 
 
-def speculative_rejection(model: Transformer, reward: Reward, prompts: Prompts, n: int, alpha: Real,
-                          max_new_tokens: int, *, decision_tokens: Sequence[int] | None = None,
-                          memory_budget: int | None = None, temperature: float = 1.0,
-                          generator: torch.Generator | None = None, eos_id: int | None = EOS_ID,
-                          reward_batch_size: int | None = 256,
-                          progress: Callable[[int, int], None] | None = None) -> BestOfNOutput:
+def speculative_rejection(
+    model: Transformer,
+    reward: Reward,
+    prompts: Prompts,
+    n: int,
+    alpha: Real,
+    max_new_tokens: int,
+    *,
+    decision_tokens: Sequence[int] | None = None,
+    memory_budget: int | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = EOS_ID,
+    reward_batch_size: int | None = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> BestOfNOutput:
     """Speculative Rejection (fast Best-of-N) for many prompts at once.
 
     Starts like ``best_of_n`` (``n`` candidates per prompt, prompt prefilled once); at each
@@ -332,16 +386,31 @@ def speculative_rejection(model: Transformer, reward: Reward, prompts: Prompts, 
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if (decision_tokens is None) == (memory_budget is None):
         raise ValueError("give exactly one of decision_tokens (a schedule of tokens per row) and memory_budget (bytes)")
-    return _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size,
-                progress, alpha=alpha, decision_tokens=decision_tokens, memory_budget=memory_budget)
+    return _run(
+        model,
+        reward,
+        prompts,
+        n,
+        max_new_tokens,
+        temperature,
+        generator,
+        eos_id,
+        reward_batch_size,
+        progress,
+        alpha=alpha,
+        decision_tokens=decision_tokens,
+        memory_budget=memory_budget,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
-def _check_args(model, reward, n, max_new_tokens, temperature, generator, reward_batch_size,
-                decision_tokens, memory_budget) -> list[int]:
+
+def _check_args(
+    model, reward, n, max_new_tokens, temperature, generator, reward_batch_size, decision_tokens, memory_budget
+) -> list[int]:
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be a specdecode.decoder.model.Transformer, got {type(model).__name__}")
     if not callable(reward):
@@ -355,11 +424,13 @@ def _check_args(model, reward, n, max_new_tokens, temperature, generator, reward
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if reward_batch_size is not None and (isinstance(reward_batch_size, bool) or not isinstance(reward_batch_size, int)
-                                          or reward_batch_size < 1):
+    if reward_batch_size is not None and (
+        isinstance(reward_batch_size, bool) or not isinstance(reward_batch_size, int) or reward_batch_size < 1
+    ):
         raise ValueError(f"reward_batch_size must be a positive int or None, got {reward_batch_size!r}")
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
-                                      or memory_budget <= 0):
+    if memory_budget is not None and (
+        isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0
+    ):
         raise ValueError(f"memory_budget must be a positive int (bytes), got {memory_budget!r}")
     if decision_tokens is None:
         return []
@@ -379,26 +450,45 @@ def _check_args(model, reward, n, max_new_tokens, temperature, generator, reward
 
 
 @torch.no_grad()
-def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_id, reward_batch_size, progress, *,
-         alpha, decision_tokens, memory_budget) -> BestOfNOutput:
-    taus = _check_args(model, reward, n, max_new_tokens, temperature, generator, reward_batch_size,
-                       decision_tokens, memory_budget)
+def _run(
+    model,
+    reward,
+    prompts,
+    n,
+    max_new_tokens,
+    temperature,
+    generator,
+    eos_id,
+    reward_batch_size,
+    progress,
+    *,
+    alpha,
+    decision_tokens,
+    memory_budget,
+) -> BestOfNOutput:
+    taus = _check_args(
+        model, reward, n, max_new_tokens, temperature, generator, reward_batch_size, decision_tokens, memory_budget
+    )
     device = model.output.weight.device
     ids, prompt_lengths = encode_prompts(prompts, device)
     P, width = ids.shape
     if width + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"longest prompt ({width}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"max_seq_len {model.config.max_seq_len}")
+        raise ValueError(
+            f"longest prompt ({width}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"max_seq_len {model.config.max_seq_len}"
+        )
     bytes_per_token = kv_bytes_per_token(model)
     if memory_budget is not None:
         initial = (int(prompt_lengths.sum()) * n + P * n) * bytes_per_token
         if initial > memory_budget:
             fits = max_candidates_for_budget(model, prompts, memory_budget, min_new_tokens=1)
-            raise ValueError(f"memory_budget = {memory_budget} bytes cannot hold the initial batch: {P} prompts x n = {n} "
-                             f"candidates need {initial} bytes of KV for the prompts and one token "
-                             f"({bytes_per_token} bytes per token); n <= {fits} fits")
+            raise ValueError(
+                f"memory_budget = {memory_budget} bytes cannot hold the initial batch: {P} prompts x n = {n} "
+                f"candidates need {initial} bytes of KV for the prompts and one token "
+                f"({bytes_per_token} bytes per token); n <= {fits} fits"
+            )
     start = time.perf_counter()
-    seed = int(torch.randint(0, 2 ** 63 - 1, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
     batch = CandidateBatch(model, ids, prompt_lengths, n, max_new_tokens, float(temperature), seed, eos_id)
     running = isinstance(reward, LogLikelihoodReward) and reward.model is model and reward.running_sums
     timers = {"reward_seconds": 0.0, "reward_calls": 0, "reward_rows": 0}
@@ -439,11 +529,20 @@ def _run(model, reward, prompts, n, max_new_tokens, temperature, generator, eos_
         batch.forward()
     out = _select(batch, rewards_of, P, n, max_new_tokens)
     seconds = time.perf_counter() - start
-    out.stats = {**batch.counts, "prefill_forwards": 1, "prefill_tokens": ids.numel(), "candidates": P * n,
-                 **timers, "seconds": seconds, "tokens_per_second": batch.counts["tokens_generated"] / seconds,
-                 "kv_bytes_per_token": bytes_per_token, "peak_kv_bytes": peak_kv * bytes_per_token,
-                 "reward_from_running_logprobs": running, "over_budget_steps": over_budget_steps,
-                 "rounds": rounds}
+    out.stats = {
+        **batch.counts,
+        "prefill_forwards": 1,
+        "prefill_tokens": ids.numel(),
+        "candidates": P * n,
+        **timers,
+        "seconds": seconds,
+        "tokens_per_second": batch.counts["tokens_generated"] / seconds,
+        "kv_bytes_per_token": bytes_per_token,
+        "peak_kv_bytes": peak_kv * bytes_per_token,
+        "reward_from_running_logprobs": running,
+        "over_budget_steps": over_budget_steps,
+        "rounds": rounds,
+    }
     return out
 
 
@@ -461,10 +560,15 @@ def _prune_round(batch: CandidateBatch, alpha, round_index: int, rewards_of, liv
     batch.archive(pruned, PRUNED, round_index)
     batch.compact_(result.kept_indices)
     per_prompt = values.split(sizes)
-    return {"round": round_index, "tokens_per_row": batch.step, "live_kv_bytes": live_kv_bytes,
-            "live_per_prompt": sizes, "kept_per_prompt": result.kept_group_sizes.tolist(),
-            "rewards": [v.tolist() for v in per_prompt],
-            "best_partial": [float(v.max()) if v.numel() else float("nan") for v in per_prompt]}
+    return {
+        "round": round_index,
+        "tokens_per_row": batch.step,
+        "live_kv_bytes": live_kv_bytes,
+        "live_per_prompt": sizes,
+        "kept_per_prompt": result.kept_group_sizes.tolist(),
+        "rewards": [v.tolist() for v in per_prompt],
+        "best_partial": [float(v.max()) if v.numel() else float("nan") for v in per_prompt],
+    }
 
 
 def _select(batch: CandidateBatch, rewards_of, P: int, n: int, max_new_tokens: int) -> BestOfNOutput:
@@ -481,7 +585,13 @@ def _select(batch: CandidateBatch, rewards_of, P: int, n: int, max_new_tokens: i
     gathered = batch.final_seq.gather(1, (plens[:, None] + slots).clamp_max(batch.seq_len - 1))
     tokens = torch.where(slots < num_tokens[:, None], gathered, -1)
     return BestOfNOutput(
-        tokens=tokens[best], num_tokens=num_tokens[best], rewards=candidate_rewards[best], best_candidate=best % n,
-        candidate_tokens=tokens.view(P, n, max_new_tokens), candidate_num_tokens=num_tokens.view(P, n),
-        candidate_rewards=candidate_rewards.view(P, n), finished=(batch.status == FINISHED).view(P, n),
-        pruned_at_round=batch.pruned_round.view(P, n))
+        tokens=tokens[best],
+        num_tokens=num_tokens[best],
+        rewards=candidate_rewards[best],
+        best_candidate=best % n,
+        candidate_tokens=tokens.view(P, n, max_new_tokens),
+        candidate_num_tokens=num_tokens.view(P, n),
+        candidate_rewards=candidate_rewards.view(P, n),
+        finished=(batch.status == FINISHED).view(P, n),
+        pruned_at_round=batch.pruned_round.view(P, n),
+    )

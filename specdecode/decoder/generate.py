@@ -23,6 +23,7 @@ the last committed token is fed again as the first input of the step):
 The probabilities passed to the verifier are exactly those the tokens were sampled from: the
 temperature-scaled softmax, for both models.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,13 +62,17 @@ def default_dtypes(device: torch.device | str | None = None) -> tuple[torch.dtyp
     Elsewhere bf16 matmuls are emulated and slow, so float32. The draft runs in float32: at
     its size every forward is a few small launches, and bf16 only adds conversions to them."""
     device = torch.device("cpu" if device is None else device)
-    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    fast_bf16 = device.type == "cuda" or (
+        device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return (torch.bfloat16 if fast_bf16 else torch.float32), torch.float32
 
 
-def load_pretrained(device: torch.device | str | None = None,
-                    dtype: torch.dtype | tuple[torch.dtype, torch.dtype] | None = None,
-                    weights_dir: str | None = None) -> tuple[Transformer, Transformer]:
+def load_pretrained(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | tuple[torch.dtype, torch.dtype] | None = None,
+    weights_dir: str | None = None,
+) -> tuple[Transformer, Transformer]:
     """The shipped ``(target, draft)`` pair (trained by ``python -m specdecode.decoder.train``), in eval
     mode; ``weights_dir`` loads a pair trained with ``--out`` instead. ``dtype``: one dtype for
     both, a ``(target, draft)`` pair, or ``None`` for ``default_dtypes(device)``; a model's
@@ -76,8 +81,10 @@ def load_pretrained(device: torch.device | str | None = None,
     Each model's ``training_info`` holds the recipe and numbers the training run recorded."""
     weights_dir = WEIGHTS_DIR if weights_dir is None else weights_dir
     dtypes = default_dtypes(device) if dtype is None else dtype if isinstance(dtype, tuple) else (dtype, dtype)
-    return tuple(load_model(os.path.join(weights_dir, f"{name}.pt"), device, model_dtype)
-                 for name, model_dtype in zip(("target", "draft"), dtypes))
+    return tuple(
+        load_model(os.path.join(weights_dir, f"{name}.pt"), device, model_dtype)
+        for name, model_dtype in zip(("target", "draft"), dtypes)
+    )
 
 
 def load_model(path: str, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Transformer:
@@ -128,8 +135,10 @@ def _check_args(model: Transformer, max_new_tokens: int, temperature: float, nee
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if needed_len > model.config.max_seq_len:
-        raise ValueError(f"prompt + max_new_tokens (+ speculation slack) needs {needed_len} positions; "
-                         f"the model addresses {model.config.max_seq_len}")
+        raise ValueError(
+            f"prompt + max_new_tokens (+ speculation slack) needs {needed_len} positions; "
+            f"the model addresses {model.config.max_seq_len}"
+        )
 
 
 def _stop_early(tokens: Tensor, num_new: Tensor, eos_id: int | None) -> tuple[Tensor, Tensor]:
@@ -151,8 +160,14 @@ def _finish(buffer: Tensor, start: Tensor, num_new: Tensor, max_new_tokens: int)
 
 
 @torch.no_grad()
-def generate(model: Transformer, prompts: Prompts, max_new_tokens: int, temperature: float = 0.0,
-             generator: torch.Generator | None = None, eos_id: int | None = EOS_ID) -> GenerationOutput:
+def generate(
+    model: Transformer,
+    prompts: Prompts,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = EOS_ID,
+) -> GenerationOutput:
     """Plain batched decoding: prefill each prompt, then one token per row per forward.
 
     Args:
@@ -199,14 +214,24 @@ def generate(model: Transformer, prompts: Prompts, max_new_tokens: int, temperat
     seconds = time.perf_counter() - start_time
     tokens, num_tokens = _finish(buffer, lengths, num_new, max_new_tokens)
     total = int(num_tokens.sum())
-    return GenerationOutput(tokens, num_tokens, {
-        "forwards": forwards, "seconds": seconds, "tokens_generated": total, "tokens_per_second": total / seconds})
+    return GenerationOutput(
+        tokens,
+        num_tokens,
+        {"forwards": forwards, "seconds": seconds, "tokens_generated": total, "tokens_per_second": total / seconds},
+    )
 
 
 @torch.no_grad()
-def speculative_generate(target: Transformer, draft: Transformer, prompts: Prompts, max_new_tokens: int,
-                         num_draft_tokens: int = 4, temperature: float = 0.0,
-                         generator: torch.Generator | None = None, eos_id: int | None = EOS_ID) -> GenerationOutput:
+def speculative_generate(
+    target: Transformer,
+    draft: Transformer,
+    prompts: Prompts,
+    max_new_tokens: int,
+    num_draft_tokens: int = 4,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = EOS_ID,
+) -> GenerationOutput:
     """Batched speculative decoding: the draft proposes ``K = num_draft_tokens`` tokens per row,
     the target verifies them in one forward, ``specdecode.rejection_sample`` accepts a prefix
     per row (rows accept different numbers). The output is distributed exactly as
@@ -223,7 +248,9 @@ def speculative_generate(target: Transformer, draft: Transformer, prompts: Promp
     if K < 1:
         raise ValueError(f"num_draft_tokens must be >= 1, got {K}")
     if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(f"target and draft vocabularies differ: {target.config.vocab_size} vs {draft.config.vocab_size}")
+        raise ValueError(
+            f"target and draft vocabularies differ: {target.config.vocab_size} vs {draft.config.vocab_size}"
+        )
     device = target.output.weight.device
     ids, lengths = encode_prompts(prompts, device)
     B, P = ids.shape
@@ -249,14 +276,16 @@ def speculative_generate(target: Transformer, draft: Transformer, prompts: Promp
         draft_ids, draft_probs = _propose(draft, draft_cache, buffer, n, K, temperature, generator)
         verify_tokens = torch.cat([buffer[rows, n - 1][:, None], draft_ids], 1)  # (B, K+1)
         target_probs = logits_to_probs(target(verify_tokens, n - 1, target_cache), temperature)  # (B, K+1, V)
-        out = rejection_sample(draft_ids, None if greedy else draft_probs, target_probs,
-                               greedy=greedy, generator=generator)
+        out = rejection_sample(
+            draft_ids, None if greedy else draft_probs, target_probs, greedy=greedy, generator=generator
+        )
         emitted = out.num_accepted + 1
         emitted, hit_eos = _stop_early(out.token_ids, emitted, eos_id)
         emitted = torch.where(active, emitted, 0)
         write_pos = n[:, None] + slots
-        buffer[rows[:, None], write_pos] = torch.where(slots < emitted[:, None], out.token_ids,
-                                                       buffer[rows[:, None], write_pos])
+        buffer[rows[:, None], write_pos] = torch.where(
+            slots < emitted[:, None], out.token_ids, buffer[rows[:, None], write_pos]
+        )
         accepted_hist.index_add_(0, out.num_accepted, active.long())
         n, num_new = n + emitted, num_new + emitted
         active = active & ~hit_eos & (num_new < max_new_tokens)
@@ -271,12 +300,15 @@ def speculative_generate(target: Transformer, draft: Transformer, prompts: Promp
     return GenerationOutput(tokens, num_tokens, stats)
 
 
-def _propose(draft: Transformer, cache, buffer: Tensor, n: Tensor, K: int, temperature: float,
-             generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _propose(
+    draft: Transformer, cache, buffer: Tensor, n: Tensor, K: int, temperature: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """K draft tokens per row ``[B, K]`` and the distributions they were drawn from ``[B, K, V]``."""
     rows = torch.arange(buffer.shape[0], device=buffer.device)
     prev = (n - 2).clamp_min(0)  # a one-token prompt re-reads position 0 twice: same K/V, harmless
-    logits = draft(torch.stack([buffer[rows, prev], buffer[rows, n - 1]], 1), torch.stack([prev, n - 1], 1), cache)[:, -1]
+    logits = draft(torch.stack([buffer[rows, prev], buffer[rows, n - 1]], 1), torch.stack([prev, n - 1], 1), cache)[
+        :, -1
+    ]
     tokens, dists = [], []
     for i in range(K):
         probs = logits_to_probs(logits, temperature)
@@ -293,7 +325,14 @@ def _spec_stats(accepted_hist: Tensor, steps: int, K: int, seconds: float, num_t
     row_steps = max(1, sum(hist))
     accepted = sum(a * c for a, c in enumerate(hist))
     total = int(num_tokens.sum())
-    return {"accepted_hist": hist, "mean_accepted_length": (accepted + row_steps) / row_steps,
-            "acceptance_rate": accepted / (K * row_steps), "steps": steps,
-            "target_forwards": steps, "draft_forwards": steps * K, "seconds": seconds, "tokens_generated": total,
-            "tokens_per_second": total / seconds}
+    return {
+        "accepted_hist": hist,
+        "mean_accepted_length": (accepted + row_steps) / row_steps,
+        "acceptance_rate": accepted / (K * row_steps),
+        "steps": steps,
+        "target_forwards": steps,
+        "draft_forwards": steps * K,
+        "seconds": seconds,
+        "tokens_generated": total,
+        "tokens_per_second": total / seconds,
+    }

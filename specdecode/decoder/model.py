@@ -14,6 +14,7 @@ speculative decoding:
 - the cache is plain tensors with the batch in dim 0 (``KVCache.tensors()``), so Speculative
   Rejection can compact survivors in place and copy a prefilled prompt to many rows.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -39,8 +40,10 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
-                             f"and n_heads by n_kv_heads ({self.n_kv_heads})")
+            raise ValueError(
+                f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
+                f"and n_heads by n_kv_heads ({self.n_kv_heads})"
+            )
         if self.hidden_dim == 0:
             self.hidden_dim = -(-(2 * 4 * self.dim // 3) // 32) * 32
 
@@ -61,8 +64,16 @@ class KVCache:
     changes it — the caller advances it after accepting tokens and moves it back to roll back.
     """
 
-    def __init__(self, n_layers: int, batch_size: int, max_seq_len: int, n_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        max_seq_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ):
         shape = (batch_size, max_seq_len, n_kv_heads, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -126,8 +137,16 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, config.dim + 2 * kv_dim, bias=False)  # fused, split below
         self.wo = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                input_pos: Tensor, cache_k: Tensor | None, cache_v: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        input_pos: Tensor,
+        cache_k: Tensor | None,
+        cache_v: Tensor | None,
+    ) -> Tensor:
         B, T, C = x.shape
         n_qk_heads = self.n_heads + self.n_kv_heads
         qk, v = self.wqkv(x).split([n_qk_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1)
@@ -146,8 +165,9 @@ class Attention(nn.Module):
             cache_v[rows, input_pos] = v
             k, v = cache_k[:B], cache_v[:B]  # (B, S, Hkv, D): the mask hides what is not yet valid
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T or S, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_heads != self.n_heads).to(x.dtype)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads
+        ).to(x.dtype)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -234,8 +254,7 @@ class Transformer(nn.Module):
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range {c.max_seq_len}")
         return KVCache(c.n_layers, batch_size, max_seq_len, c.n_kv_heads, c.head_dim, self.kv_dtype, w.device)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, input_pos: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """Logits ``[B, T, vocab]`` for every position of ``tokens [B, T]`` (int64).
 
         ``input_pos``: ``[B, T]`` int64 positions of each token, or ``[B]`` start positions

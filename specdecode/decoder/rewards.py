@@ -21,6 +21,7 @@ Built in:
   the cost of a separate scoring network, and the plumbing. ``RewardModel.from_language_model``
   starts its trunk from a language model's weights, as real reward models are fine-tuned from one.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -46,8 +47,9 @@ def takes_prompt_lengths(reward: Reward) -> bool:
 
 
 @torch.no_grad()
-def score(reward: Reward, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor,
-          batch_size: int | None = None) -> Tensor:
+def score(
+    reward: Reward, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor, batch_size: int | None = None
+) -> Tensor:
     """``reward`` on rows ``tokens [B, L]`` in chunks of ``batch_size`` rows (all at once if None),
     each chunk cut to its longest row. Returns ``[B]`` float32 on the device of ``tokens``.
 
@@ -73,13 +75,16 @@ def _checked(reward: Reward, values, num_rows: int) -> Tensor:
     if not isinstance(values, Tensor):
         raise TypeError(f"reward {name} must return a torch.Tensor, got {type(values).__name__}")
     if values.shape != (num_rows,) or not values.is_floating_point():
-        raise ValueError(f"reward {name} must return a [{num_rows}] float tensor (one score per row), "
-                         f"got {values.dtype} of shape {list(values.shape)}")
+        raise ValueError(
+            f"reward {name} must return a [{num_rows}] float tensor (one score per row), "
+            f"got {values.dtype} of shape {list(values.shape)}"
+        )
     return values
 
 
-def response_token_logprobs(model: Transformer, tokens: Tensor, lengths: Tensor,
-                            prompt_lengths: Tensor) -> tuple[Tensor, Tensor]:
+def response_token_logprobs(
+    model: Transformer, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor
+) -> tuple[Tensor, Tensor]:
     """Log-probabilities ``[B, L-1]`` (float32, temperature 1) of each next token under ``model``,
     and the ``[B, L-1]`` mask of the ones that are response tokens (``prompt_len <= j+1 < length``)."""
     logits = model(tokens)  # plain causal: PAD after a row's end cannot change earlier positions

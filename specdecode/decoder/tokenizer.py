@@ -3,6 +3,7 @@
 No dependency and nothing to download: any text round-trips exactly through UTF-8, and the
 vocabulary (259 ids) is small enough that a full softmax over it is cheap on a CPU.
 """
+
 from __future__ import annotations
 
 from typing import Iterable

@@ -41,6 +41,7 @@ the draft in float32 0.30 ms: about 39x apart.
 was dominated by per-operation overhead, only 9x the draft's and 1.3x dearer for 6 tokens than
 for 1, which capped speculative decoding at 1.9x on this CPU.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,7 @@ def load_corpus(holdout_every: int = 20) -> tuple[torch.Tensor, torch.Tensor, di
 def random_windows(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
     """``[batch_size, seq_len + 1]`` int64 windows at random offsets (inputs and shifted targets)."""
     starts = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator)
-    return torch.stack([data[s:s + seq_len + 1] for s in starts.tolist()]).long()
+    return torch.stack([data[s : s + seq_len + 1] for s in starts.tolist()]).long()
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -96,8 +97,9 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
 def make_optimizer(model: Transformer, lr: float) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95)
+    )
 
 
 def logits_of(model: Transformer, x: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -109,8 +111,12 @@ def logits_of(model: Transformer, x: torch.Tensor, bf16: bool) -> torch.Tensor:
 
 def distill_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
     """Forward KL(target || draft) per token, averaged."""
-    return F.kl_div(draft_logits.flatten(0, 1).log_softmax(-1), target_logits.flatten(0, 1).log_softmax(-1),
-                    log_target=True, reduction="batchmean")
+    return F.kl_div(
+        draft_logits.flatten(0, 1).log_softmax(-1),
+        target_logits.flatten(0, 1).log_softmax(-1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 def train_step(optimizer, loss: torch.Tensor, model: Transformer, lr: float) -> None:
@@ -128,7 +134,7 @@ def evaluate(target: Transformer, draft: Transformer, val: torch.Tensor, seq_len
     the same text (teacher-forced): sampling at temperature 1, ``E[sum_x min(p, q)]``;
     greedy, how often the two argmaxes agree."""
     stride = (len(val) - seq_len - 1) // num_windows
-    windows = torch.stack([val[i * stride:i * stride + seq_len + 1] for i in range(num_windows)]).long()
+    windows = torch.stack([val[i * stride : i * stride + seq_len + 1] for i in range(num_windows)]).long()
     sums = {"target_val_loss": 0.0, "draft_val_loss": 0.0, "acceptance_sampled": 0.0, "acceptance_greedy": 0.0}
     for chunk in windows.split(8):
         x, y = chunk[:, :-1], chunk[:, 1:].flatten()
@@ -136,7 +142,9 @@ def evaluate(target: Transformer, draft: Transformer, val: torch.Tensor, seq_len
         n = len(chunk) / num_windows
         sums["target_val_loss"] += F.cross_entropy(q_logits, y).item() * n
         sums["draft_val_loss"] += F.cross_entropy(p_logits, y).item() * n
-        sums["acceptance_sampled"] += torch.minimum(q_logits.softmax(-1), p_logits.softmax(-1)).sum(-1).mean().item() * n
+        sums["acceptance_sampled"] += (
+            torch.minimum(q_logits.softmax(-1), p_logits.softmax(-1)).sum(-1).mean().item() * n
+        )
         sums["acceptance_greedy"] += (q_logits.argmax(-1) == p_logits.argmax(-1)).float().mean().item() * n
     return sums
 
@@ -154,14 +162,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                        help="matmul precision of the training forward passes (bf16 autocast by default)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; part of the recipe (reduction order), and on a shared "
-                             "2-core machine one thread beats two that spin-wait for each other")
-    parser.add_argument("--continue-from", default=None, metavar="DIR",
-                        help="load the pair saved in DIR, skip the joint phase and run one more "
-                             "distillation round (--distill-steps) on its draft; the target is unchanged")
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default="bf16",
+        help="matmul precision of the training forward passes (bf16 autocast by default)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; part of the recipe (reduction order), and on a shared "
+        "2-core machine one thread beats two that spin-wait for each other",
+    )
+    parser.add_argument(
+        "--continue-from",
+        default=None,
+        metavar="DIR",
+        help="load the pair saved in DIR, skip the joint phase and run one more "
+        "distillation round (--distill-steps) on its draft; the target is unchanged",
+    )
     parser.add_argument("--out", default=WEIGHTS_DIR)
     args = parser.parse_args(argv)
 
@@ -171,20 +191,37 @@ def main(argv: list[str] | None = None) -> dict:
     data_gen = torch.Generator().manual_seed(args.seed)
     train_data, val_data, info = load_corpus()
     if args.continue_from:
-        from specdecode.decoder.generate import load_pretrained  # here: generate imports the ops, training does not need them
+        from specdecode.decoder.generate import (
+            load_pretrained,
+        )  # here: generate imports the ops, training does not need them
+
         target, draft = load_pretrained(weights_dir=args.continue_from)
         draft.train()
         info = dict(target.training_info)
         info["extra_distill_rounds"] = info.get("extra_distill_rounds", []) + [
-            {"steps": args.distill_steps, "seed": args.seed, "lr": args.lr / 2, "threads": args.threads,
-             "precision": args.precision}]
+            {
+                "steps": args.distill_steps,
+                "seed": args.seed,
+                "lr": args.lr / 2,
+                "threads": args.threads,
+                "precision": args.precision,
+            }
+        ]
         args.joint_steps = 0
     else:
         target, draft = Transformer(TARGET_CONFIG), Transformer(DRAFT_CONFIG)
-        info.update(target_params=target.num_parameters(), draft_params=draft.num_parameters(),
-                    batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, threads=args.threads,
-                    precision=args.precision,
-                    lr=args.lr, joint_steps=args.joint_steps, distill_steps=args.distill_steps)
+        info.update(
+            target_params=target.num_parameters(),
+            draft_params=draft.num_parameters(),
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            seed=args.seed,
+            threads=args.threads,
+            precision=args.precision,
+            lr=args.lr,
+            joint_steps=args.joint_steps,
+            distill_steps=args.distill_steps,
+        )
     print(json.dumps(info))
     target_opt, draft_opt = make_optimizer(target, args.lr), make_optimizer(draft, args.lr)
     start = time.perf_counter()
@@ -200,8 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
         draft_loss = 0.5 * draft_ce + 0.5 * distill_loss(draft_logits, target_logits.detach())
         train_step(draft_opt, draft_loss, draft, cosine_lr(step, args.joint_steps, args.lr, 50))
         if step % 50 == 0 or step == args.joint_steps - 1:
-            print(f"joint {step:4d}  target loss {target_loss.item():.3f}  draft ce {draft_ce.item():.3f}  "
-                  f"{time.perf_counter() - start:6.0f}s", flush=True)
+            print(
+                f"joint {step:4d}  target loss {target_loss.item():.3f}  draft ce {draft_ce.item():.3f}  "
+                f"{time.perf_counter() - start:6.0f}s",
+                flush=True,
+            )
     if args.joint_steps:
         info["target_train_loss"] = target_loss.item()
 
@@ -215,8 +255,10 @@ def main(argv: list[str] | None = None) -> dict:
         loss = distill_loss(draft_logits, target_logits)
         train_step(draft_opt, loss, draft, cosine_lr(step, args.distill_steps, args.lr / 2, 20))
         if step % 50 == 0 or step == args.distill_steps - 1:
-            print(f"distill {step:4d}  KL(target||draft) {loss.item():.3f}  {time.perf_counter() - start:6.0f}s",
-                  flush=True)
+            print(
+                f"distill {step:4d}  KL(target||draft) {loss.item():.3f}  {time.perf_counter() - start:6.0f}s",
+                flush=True,
+            )
     seconds = round(time.perf_counter() - start, 1)
     if args.continue_from:
         info["extra_distill_rounds"][-1].update(draft_train_kl=loss.item(), seconds=seconds)

@@ -11,6 +11,7 @@ moves row ``kept_indices[i]`` to row ``i`` in place, no host sync.
 narrowed views. The rules (order, in-place safety, what is rejected) are in ``docs/ops.md``; the
 reference is ``specdecode.reference.compact_kv``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -39,7 +40,6 @@ _lib.impl("compact_kv_", _compact_kv_cuda, "CUDA")
 @torch.library.register_fake("specdecode::compact_kv_")
 def _compact_kv_fake(data, kept_indices, batch_dim):
     return None
-
 
 
 def compact_kv_cache_(
@@ -119,8 +119,9 @@ def _check_kept_indices(kept_indices, tensors, batch_dims, validate: bool) -> to
     if not isinstance(kept_indices, torch.Tensor):
         raise TypeError(f"kept_indices must be a torch.Tensor, got {type(kept_indices).__name__}")
     if kept_indices.dim() != 1 or kept_indices.dtype not in _INDEX_DTYPES:
-        raise ValueError(f"kept_indices must be a 1-D int64 tensor; got {kept_indices.dtype} "
-                         f"of shape {list(kept_indices.shape)}")
+        raise ValueError(
+            f"kept_indices must be a 1-D int64 tensor; got {kept_indices.dtype} of shape {list(kept_indices.shape)}"
+        )
     rows = {tensor.shape[dim] for tensor, dim in zip(tensors, batch_dims)}
     if len(rows) > 1:
         sizes = [tensor.shape[dim] for tensor, dim in zip(tensors, batch_dims)]
@@ -148,8 +149,10 @@ def _check_index_values(kept_indices: torch.Tensor, num_rows: int) -> None:
     if bool(not_ascending.any()):
         i = int(not_ascending.nonzero()[0]) + 1
         what = "a duplicate" if int(kept_indices[i]) == int(kept_indices[i - 1]) else "not ascending"
-        raise ValueError(f"kept_indices must be strictly ascending: kept_indices[{i - 1}] = "
-                         f"{int(kept_indices[i - 1])}, kept_indices[{i}] = {int(kept_indices[i])} ({what})")
+        raise ValueError(
+            f"kept_indices must be strictly ascending: kept_indices[{i - 1}] = "
+            f"{int(kept_indices[i - 1])}, kept_indices[{i}] = {int(kept_indices[i])} ({what})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +168,9 @@ class KVCacheCompactor(torch.nn.Module):
         self.batch_dim = batch_dim if isinstance(batch_dim, int) else tuple(batch_dim)
         self.validate = validate
 
-    def forward(self, cache: torch.Tensor | Sequence[torch.Tensor],
-                kept_indices: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, cache: torch.Tensor | Sequence[torch.Tensor], kept_indices: torch.Tensor
+    ) -> torch.Tensor | list[torch.Tensor]:
         return compact_kv_cache_(cache, kept_indices, self.batch_dim, validate=self.validate)
 
     def extra_repr(self) -> str:

@@ -4,6 +4,7 @@ One op, one schema (declared in ``csrc/rejection_sample.cpp``), a kernel per dev
 tensors, Triton (``specdecode.kernels.rejection_sample``) on CUDA tensors, and a fake kernel for
 ``torch.compile``. The algorithm is ``specdecode.reference.rejection_sample`` (read its docstring).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,7 @@ _lib.impl("rejection_sample", _rejection_sample_cuda, "CUDA")
 @torch.library.register_fake("specdecode::rejection_sample")
 def _rejection_sample_fake(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets):
     batch_size, num_drafts = draft_token_ids.shape
-    return (draft_token_ids.new_empty((batch_size, num_drafts + 1)),
-            draft_token_ids.new_empty((batch_size,)))
+    return (draft_token_ids.new_empty((batch_size, num_drafts + 1)), draft_token_ids.new_empty((batch_size,)))
 
 
 def rejection_sample(
@@ -90,7 +90,8 @@ def rejection_sample(
     if validate:
         _check_values(draft_token_ids, draft_probs, target_probs)
     token_ids, num_accepted = torch.ops.specdecode.rejection_sample(
-        draft_token_ids, draft_probs, target_probs, greedy_mask, seeds, offsets)
+        draft_token_ids, draft_probs, target_probs, greedy_mask, seeds, offsets
+    )
     return RejectionOutput(token_ids, num_accepted)
 
 
@@ -104,8 +105,9 @@ class RejectionSampler(torch.nn.Module):
         super().__init__()
         self.validate = validate
 
-    def forward(self, draft_token_ids: torch.Tensor, draft_probs: torch.Tensor | None,
-                target_probs: torch.Tensor, **kwargs) -> RejectionOutput:
+    def forward(
+        self, draft_token_ids: torch.Tensor, draft_probs: torch.Tensor | None, target_probs: torch.Tensor, **kwargs
+    ) -> RejectionOutput:
         return rejection_sample(draft_token_ids, draft_probs, target_probs, validate=self.validate, **kwargs)
 
     def extra_repr(self) -> str:
@@ -115,6 +117,7 @@ class RejectionSampler(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Argument checks: shapes, dtypes and devices always (host metadata, free); values on request.
 # ---------------------------------------------------------------------------------------------
+
 
 def _check_tensor(name: str, value, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
@@ -134,7 +137,8 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
     if tuple(target_probs.shape[:2]) != (batch_size, num_drafts + 1):
         raise ValueError(
             f"target_probs must be [B, K+1, V] = [{batch_size}, {num_drafts + 1}, V] for draft_token_ids "
-            f"of shape [B, K] = {list(draft_token_ids.shape)}; got {list(target_probs.shape)}")
+            f"of shape [B, K] = {list(draft_token_ids.shape)}; got {list(target_probs.shape)}"
+        )
     vocab_size = target_probs.shape[2]
     if vocab_size == 0:
         raise ValueError("target_probs has an empty vocabulary (V = 0)")
@@ -144,11 +148,13 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
     if draft_probs is not None:
         draft_probs = _check_tensor("draft_probs", draft_probs, 3, _PROB_DTYPES)
         if tuple(draft_probs.shape) != (batch_size, num_drafts, vocab_size):
-            raise ValueError(f"draft_probs must be [B, K, V] = {[batch_size, num_drafts, vocab_size]}; "
-                             f"got {list(draft_probs.shape)}")
+            raise ValueError(
+                f"draft_probs must be [B, K, V] = {[batch_size, num_drafts, vocab_size]}; got {list(draft_probs.shape)}"
+            )
         if draft_probs.dtype != target_probs.dtype:
-            raise TypeError(f"draft_probs ({draft_probs.dtype}) and target_probs ({target_probs.dtype}) "
-                            "must have the same dtype")
+            raise TypeError(
+                f"draft_probs ({draft_probs.dtype}) and target_probs ({target_probs.dtype}) must have the same dtype"
+            )
         if draft_probs.device != device:
             raise ValueError(f"draft_probs is on {draft_probs.device} but target_probs is on {device}")
         draft_probs = _unit_stride_in_vocab(draft_probs)
@@ -167,8 +173,9 @@ def _greedy_mask(greedy, batch_size: int, device: torch.device) -> torch.Tensor:
     if not isinstance(greedy, torch.Tensor):
         raise TypeError(f"greedy must be a bool or a [B] bool tensor, got {type(greedy).__name__}")
     if greedy.dtype != torch.bool or tuple(greedy.shape) != (batch_size,):
-        raise ValueError(f"greedy must be a [B] = [{batch_size}] bool tensor; got {greedy.dtype} "
-                         f"of shape {list(greedy.shape)}")
+        raise ValueError(
+            f"greedy must be a [B] = [{batch_size}] bool tensor; got {greedy.dtype} of shape {list(greedy.shape)}"
+        )
     return greedy.to(device).contiguous()
 
 
@@ -181,8 +188,9 @@ def _per_row_int64(name: str, value, batch_size: int, device: torch.device) -> t
             raise ValueError(f"{name} = {value} does not fit in int64")
         return torch.tensor([value], dtype=torch.int64, device=device)
     if value.dtype not in _ID_DTYPES or value.dim() != 1 or value.shape[0] not in (1, batch_size):
-        raise ValueError(f"{name} must be a [B] = [{batch_size}] int64 tensor; got {value.dtype} "
-                         f"of shape {list(value.shape)}")
+        raise ValueError(
+            f"{name} must be a [B] = [{batch_size}] int64 tensor; got {value.dtype} of shape {list(value.shape)}"
+        )
     return value.to(device=device, dtype=torch.int64).contiguous()
 
 
@@ -204,8 +212,10 @@ def _check_values(draft_token_ids, draft_probs, target_probs) -> None:
     bad_ids = (draft_token_ids < -1) | (draft_token_ids >= vocab_size)
     if bool(bad_ids.any()):
         where = bad_ids.nonzero()[0].tolist()
-        raise ValueError(f"draft_token_ids[{where[0]}, {where[1]}] = {int(draft_token_ids[tuple(where)])} "
-                         f"is outside [-1, V) with V = {vocab_size}")
+        raise ValueError(
+            f"draft_token_ids[{where[0]}, {where[1]}] = {int(draft_token_ids[tuple(where)])} "
+            f"is outside [-1, V) with V = {vocab_size}"
+        )
     for name, probs in (("draft_probs", draft_probs), ("target_probs", target_probs)):
         if probs is None or probs.numel() == 0:
             continue
@@ -221,5 +231,7 @@ def _check_values(draft_token_ids, draft_probs, target_probs) -> None:
         if bool((row_error > tolerance).any()):
             worst = row_error.flatten().argmax()
             index = [int(i) for i in torch.unravel_index(worst, row_error.shape)]
-            raise ValueError(f"{name} is not normalised: row {index} sums to "
-                             f"{float(row_sums.flatten()[worst]):.6g} (tolerance {tolerance})")
+            raise ValueError(
+                f"{name} is not normalised: row {index} sums to "
+                f"{float(row_sums.flatten()[worst]):.6g} (tolerance {tolerance})"
+            )

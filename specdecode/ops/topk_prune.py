@@ -17,6 +17,7 @@ A round of Speculative Rejection::
     cache = sd.compact_kv_cache_(cache, res.kept_indices, batch_dim=2)
     group_sizes = res.kept_group_sizes
 """
+
 from __future__ import annotations
 
 from numbers import Real
@@ -34,7 +35,6 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 _lib = torch.library.Library("specdecode", "IMPL")
 
 
-
 def _topk_prune_cuda(rewards, group_sizes, num_keep):
     from specdecode.kernels.topk_prune import topk_prune as launch
 
@@ -48,7 +48,6 @@ _lib.impl("topk_prune", _topk_prune_cuda, "CUDA")
 @torch.library.register_fake("specdecode::topk_prune")
 def _topk_prune_fake(rewards, group_sizes, num_keep):
     return torch.empty_like(rewards, dtype=torch.bool)
-
 
 
 def topk_prune(
@@ -117,7 +116,9 @@ def _check_rewards(rewards) -> None:
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N]; got shape {list(rewards.shape)}")
     if rewards.dtype not in _REWARD_DTYPES:
-        raise TypeError(f"rewards must be float32, float16 or bfloat16; got {str(rewards.dtype).removeprefix('torch.')}")
+        raise TypeError(
+            f"rewards must be float32, float16 or bfloat16; got {str(rewards.dtype).removeprefix('torch.')}"
+        )
 
 
 def _host_sizes_and_keeps(group_sizes, alpha, num_keep) -> tuple[list[int], list[int]]:
@@ -130,9 +131,14 @@ def _host_sizes_and_keeps(group_sizes, alpha, num_keep) -> tuple[list[int], list
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         sizes = _host_ints("group_sizes", group_sizes)
         return sizes, num_keep_from_alpha(sizes, alpha)
-    if (isinstance(group_sizes, torch.Tensor) and isinstance(num_keep, torch.Tensor)
-            and group_sizes.device.type != "cpu" and group_sizes.shape == num_keep.shape
-            and group_sizes.device == num_keep.device and group_sizes.dim() == 1):
+    if (
+        isinstance(group_sizes, torch.Tensor)
+        and isinstance(num_keep, torch.Tensor)
+        and group_sizes.device.type != "cpu"
+        and group_sizes.shape == num_keep.shape
+        and group_sizes.device == num_keep.device
+        and group_sizes.dim() == 1
+    ):
         _check_int_tensor("group_sizes", group_sizes)
         _check_int_tensor("num_keep", num_keep)
         both = torch.stack([group_sizes.to(torch.int64), num_keep.to(torch.int64)]).tolist()  # the one sync
@@ -179,12 +185,15 @@ class RewardPruner(torch.nn.Module):
             raise ValueError(f"alpha must be a real number in [0, 1], got {alpha!r}")
         self.alpha = alpha
 
-    def forward(self, rewards: torch.Tensor, group_sizes: torch.Tensor | Sequence[int],
-                num_keep: torch.Tensor | Sequence[int] | None = None) -> PruneResult:
+    def forward(
+        self,
+        rewards: torch.Tensor,
+        group_sizes: torch.Tensor | Sequence[int],
+        num_keep: torch.Tensor | Sequence[int] | None = None,
+    ) -> PruneResult:
         if num_keep is not None:
             return topk_prune(rewards, group_sizes, num_keep=num_keep)
         return topk_prune(rewards, group_sizes, self.alpha)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
-

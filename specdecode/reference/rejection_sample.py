@@ -30,11 +30,13 @@ row's 64-bit seed, on the counter ``(s, stream_row, offset_lo, offset_hi)``, fir
 ``stream_row`` is the row index when one seed serves the batch, and 0 with per-row seeds, so a
 request with its own seed draws the same numbers whatever batch it lands in.
 """
+
 from __future__ import annotations
 
 import torch
 
 from specdecode.core import RejectionOutput, inverse_cdf_sample, nan_safe_argmax, uniforms
+
 
 def _positive_part(values: torch.Tensor) -> torch.Tensor:
     """max(0, values) with NaN mapped to 0 (``max`` would propagate NaN)."""

@@ -20,6 +20,7 @@ group and 0 for an empty one, computed *exactly*: α is taken as the decimal num
 for it (``str``), so ``α = 0.7`` means 7/10 and ``(1−0.7)·10`` is 3, not the float
 ``3.0000000000000004`` (which a float ``ceil`` would turn into 4).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -38,8 +39,9 @@ def rank_order(rewards: torch.Tensor) -> torch.Tensor:
     return by_value[by_nan]
 
 
-def topk_prune(rewards: torch.Tensor, group_sizes: Sequence[int] | torch.Tensor,
-                    num_keep: Sequence[int] | torch.Tensor) -> torch.Tensor:
+def topk_prune(
+    rewards: torch.Tensor, group_sizes: Sequence[int] | torch.Tensor, num_keep: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
     """``[N]`` bool: True for the ``num_keep[g]`` best candidates of every group ``g``."""
     sizes = [int(n) for n in group_sizes]
     keeps = [int(k) for k in num_keep]
@@ -52,7 +54,7 @@ def topk_prune(rewards: torch.Tensor, group_sizes: Sequence[int] | torch.Tensor,
     for size, keep in zip(sizes, keeps):
         if not 0 <= keep <= size:
             raise ValueError(f"num_keep {keep} is outside [0, {size}]")
-        best = rank_order(rewards[start:start + size].cpu())[:keep]
+        best = rank_order(rewards[start : start + size].cpu())[:keep]
         mask[start + best] = True
         start += size
     return mask.to(rewards.device)
