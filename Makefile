@@ -10,18 +10,19 @@ PIP    := $(VENV)/bin/pip
 # torch is pinned: a bare `torch` pulls a multi-GB CUDA build; 2.13.0 is the CPU build on disk.
 TORCH_PIN  ?= torch==2.13.0
 TRITON_PIN ?= triton==3.9.0
+RUFF_PIN   ?= ruff==0.17.6
 STAMP  := $(VENV)/.specdecode-installed
 BUILD_INPUTS := setup.py $(wildcard csrc/*.cpp csrc/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench setup clean
+.PHONY: demo test test-slow bench lint format setup clean
 
 setup: $(STAMP)
 
-$(STAMP): $(BUILD_INPUTS)
+$(STAMP): $(BUILD_INPUTS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_PIN) $(TRITON_PIN) numpy pytest ninja setuptools wheel
+	$(PIP) install -q $(TORCH_PIN) $(TRITON_PIN) numpy pytest ninja setuptools wheel $(RUFF_PIN)
 	$(PIP) install -q --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -40,6 +41,16 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q --no-build-isolation -e .[bench]
 	$(PY) -m bench
+
+# Lint and format check (ruff; configuration in pyproject.toml). CI runs this first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Apply the formatter and the safe lint fixes.
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) build *.egg-info specdecode/_C*.so

@@ -383,7 +383,9 @@ def section_e2e(quick: bool) -> Section:
     rows = parse_e2e_output(text)
     s.image(plots.plot_e2e_throughput(rows, os.path.join(OUT_DIR, "e2e_tokens_per_s.png")))
     hists = {
-        f"K={r['k']}, batch {r['batch']}, {'greedy' if r['temperature'] == 0 else 'T=%g' % r['temperature']}": r["hist"]
+        f"K={r['k']}, batch {r['batch']}, " + ("greedy" if r["temperature"] == 0 else f"T={r['temperature']:g}"): r[
+            "hist"
+        ]
         for r in rows
         if r["hist"] and r["batch"] == min(x["batch"] for x in rows)
     }

@@ -35,9 +35,8 @@ import time
 
 import torch
 
-from bench.prompts import PROMPTS
-
 import specdecode as sd
+from bench.prompts import PROMPTS
 from specdecode.decoder.best_of_n import kv_bytes_per_token
 
 
@@ -146,7 +145,8 @@ def _add_bon_equivalents(rows: list[dict]) -> None:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB | BoN tokens for this reward (ratio) |",
+        "| method | N | reward | ppl | tokens | time s | forwards | rounds (live after) | peak KV MiB "
+        "| BoN tokens for this reward (ratio) |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:

@@ -17,13 +17,11 @@ Caches are 128 MiB.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from bench.timing import median_ms
-
 import specdecode as sd
+from bench.timing import median_ms
 
 # (name, shape, batch_dim, dtype)
 LAYOUTS = [

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+import specdecode as sd
 from bench.prompts import PROMPTS
 from bench.timing import median_ms
-
-import specdecode as sd
 
 
 @torch.no_grad()
@@ -56,7 +54,8 @@ def run(target, draft, batch_sizes, ks, temperatures, max_new_tokens, repeats):
         mode = "greedy" if temperature == 0 else f"sampling, T={temperature}"
         print(f"\n## {mode}, {max_new_tokens} new tokens per row")
         print(
-            f"| batch | method | tokens/s | speedup | mean accepted length | acceptance | accepted-length histogram | rows with plain's text |"
+            "| batch | method | tokens/s | speedup | mean accepted length | acceptance "
+            "| accepted-length histogram | rows with plain's text |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for batch in batch_sizes:

@@ -24,9 +24,8 @@ import argparse
 
 import torch
 
-from bench.timing import median_ms
-
 import specdecode as sd
+from bench.timing import median_ms
 from specdecode.reference import rejection as ref
 
 SHAPES = [(1, 4, 32000), (8, 4, 32000), (64, 4, 32000), (64, 8, 128256), (256, 4, 128256)]

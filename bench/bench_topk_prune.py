@@ -19,9 +19,8 @@ import argparse
 
 import torch
 
-from bench.timing import median_us
-
 import specdecode as sd
+from bench.timing import median_us
 
 PROMPTS = [1, 4, 16, 64]
 CANDIDATES = [8, 64, 256, 1024]
@@ -46,7 +45,10 @@ def main() -> None:
     reps, seconds = (5, 0.05) if args.quick else (20, 0.3)
     prompts, candidates = ([1, 64], [8, 1024]) if args.quick else (PROMPTS, CANDIDATES)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 rewards, alpha = 0.5; median µs")
-    header = f"{'P':>3} {'n':>5} {'op µs':>9} {'topk_prune µs':>13} {'topk loop µs':>12} {'loop/op':>8} {'loop/topk_prune':>15}"
+    header = (
+        f"{'P':>3} {'n':>5} {'op µs':>9} {'topk_prune µs':>13} {'topk loop µs':>12} "
+        f"{'loop/op':>8} {'loop/topk_prune':>15}"
+    )
     print(header)
     print("-" * len(header))
     generator = torch.Generator().manual_seed(0)

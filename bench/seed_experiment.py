@@ -11,8 +11,9 @@
    noise gives, sqrt(mean q(1-q) / N); the same over the 10 most likely tokens (over a 128k
    vocabulary the whole-vocabulary noise at N = 1M is below 2.8e-6, so the seed's 9.694e-5 is
    the noise level of its few plotted top tokens, not of the whole vocabulary); and a chi-square
-   goodness-of-fit p-value (bins with expected count < 5 merged). Pairs: a close draft (V = 1000), an unrelated draft (V = 1000),
-   a peaked target against a flat draft (V = 4096, most mass via the residual), and the shipped
+   goodness-of-fit p-value (bins with expected count < 5 merged). Pairs: a close draft
+   (V = 1000), an unrelated draft (V = 1000), a peaked target against a flat draft (V = 4096, most
+   mass via the residual), and the shipped
    (target, draft) models' next-token distributions after a fixed code prefix (``PROMPT``, V = 259).
 2. Greedy. ``sd.generate`` and ``sd.speculative_generate`` at temperature 0 on the shipped pair:
    the texts must be identical; printed side by side.
@@ -27,8 +28,8 @@ import os
 import torch
 
 import specdecode as sd
-from specdecode.stats import chi2_sf, chi_square
 from specdecode.decoder.tokenizer import tokenizer
+from specdecode.stats import chi2_sf, chi_square
 
 SEED_REPORTED_STD = 9.694e-5
 TOP = 10  # the seed's figures show a handful of top tokens; its std is at their noise level

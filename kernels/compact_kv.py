@@ -29,7 +29,6 @@ elements as two int64 words), so bits move unchanged (NaN payloads, int8 quantis
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

@@ -8,7 +8,6 @@ the single target row (and draft row) it samples from. ``max(0, q - p)`` is neve
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

@@ -19,7 +19,6 @@ The public wrapper rejects such inputs before launching.
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

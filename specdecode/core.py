@@ -16,11 +16,12 @@ wrapper, so the references, the kernels and the decoder can all depend on it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from numbers import Real
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 

@@ -192,7 +192,8 @@ def decoding_demo(target, draft, quick: bool = False, num_draft_tokens: int = 4)
             )
         )
     print(
-        f"   {'case':<18} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>8} {'accepted len':>12}  same text as plain"
+        f"   {'case':<18} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>8} {'accepted len':>12}"
+        "  same text as plain"
     )
     for label, plain_tps, spec_tps, mean_len, same in rows:
         print(

@@ -13,8 +13,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import gpu_report, plots
 from bench import seed_experiment as se
-from specdecode.kernels._aot import compile_in_subprocess, load_widths, widest_load_bytes
-from specdecode.stats import chi2_sf, chi_square
 from bench.__main__ import (
     Section,
     _correlations,
@@ -25,6 +23,8 @@ from bench.__main__ import (
     spr_curves,
     write_report,
 )
+from specdecode.kernels._aot import compile_in_subprocess, load_widths, widest_load_bytes
+from specdecode.stats import chi2_sf, chi_square
 
 
 def test_gpu_report_compiles_one_kernel_in_a_subprocess():
@@ -111,7 +111,8 @@ def test_parse_e2e_output_and_pearson():
     text = (
         "## greedy, 128 new tokens per row\n| batch | method | tokens/s | speedup | mean accepted length | "
         "acceptance | accepted-length histogram | same text |\n|---|---|---|---|---|---|---|---|\n"
-        "| 1 | plain | 100 | 1.00x | 1 | | | |\n| 1 | speculative K=4 | 250 | 2.50x | 3.1 | 0.52 | [1, 2, 3, 4, 5] | yes |\n"
+        "| 1 | plain | 100 | 1.00x | 1 | | | |\n"
+        "| 1 | speculative K=4 | 250 | 2.50x | 3.1 | 0.52 | [1, 2, 3, 4, 5] | yes |\n"
         "## sampling, T=0.8, 128 new tokens per row\n| 4 | speculative K=2 | 300 | 1.5x | 2 | 0.5 | [3, 2, 1] | n/a |\n"
     )
     rows = parse_e2e_output(text)

@@ -218,7 +218,7 @@ def test_pruning_keeps_exactly_the_top_k_per_prompt(alpha, n):
     out = speculative_rejection(model, reward, PROMPTS, n, alpha, 8, decision_tokens=taus, eos_id=None, generator=gen())
     prompt_lengths = encode_prompts(PROMPTS)[1]
     live = list(range(P * n))  # no EOS: nobody finishes before a decision point
-    for r, (tokens, lengths, values) in enumerate(reward.calls[: len(taus)]):
+    for r, (_tokens, lengths, values) in enumerate(reward.calls[: len(taus)]):
         sizes = [sum(1 for c in live if c // n == p) for p in range(P)]
         assert out.stats["rounds"][r]["live_per_prompt"] == sizes
         assert lengths.tolist() == [int(prompt_lengths[c // n]) + taus[r] for c in live]
@@ -260,7 +260,9 @@ def test_sampling_matches_the_distribution_of_plain_sampling():
     CDF draw is the right distribution, not a biased one)."""
     model = tiny()
     n = 3000
-    out = best_of_n(model, lambda t, l: torch.zeros(t.shape[0]), ["x"], n, 1, temperature=0.7, generator=gen(4))
+    out = best_of_n(
+        model, lambda tokens, lengths: torch.zeros(tokens.shape[0]), ["x"], n, 1, temperature=0.7, generator=gen(4)
+    )
     first = out.candidate_tokens[0, :, 0]
     with torch.no_grad():
         probs = torch.softmax(model(encode_prompts(["x"])[0])[0, -1].float() / 0.7, -1)
@@ -305,7 +307,7 @@ def test_memory_decisions_skip_rounds_that_cannot_prune():
     budget = kv_bytes_per_token(model) * (int(encode_prompts(PROMPTS)[1].sum()) * 4 + len(PROMPTS) * 4 * 2)
     out = speculative_rejection(
         model,
-        lambda t, l: calls.append(len(l)) or -l.float(),
+        lambda tokens, lengths: calls.append(len(lengths)) or -lengths.float(),
         PROMPTS,
         4,
         0.3,
@@ -375,18 +377,18 @@ def test_score_chunks_and_checks_the_reward():
     plens = torch.ones(5, dtype=torch.int64)
     widths = []
 
-    def reward(t, l):
-        widths.append(t.shape[1])
-        return l.float() * 2
+    def reward(batch_tokens, batch_lengths):
+        widths.append(batch_tokens.shape[1])
+        return batch_lengths.float() * 2
 
     assert score(reward, tokens, lengths, plens, batch_size=2).tolist() == [16, 6, 10, 2, 4]
     assert widths == [8, 5, 2]  # each chunk cut to its longest row
     with pytest.raises(ValueError, match="reward .* must return a \\[5\\] float tensor"):
-        score(lambda t, l: l, tokens, lengths, plens)
+        score(lambda tokens, lengths: lengths, tokens, lengths, plens)
     with pytest.raises(ValueError, match="one score per row"):
-        score(lambda t, l: torch.zeros(5, 1), tokens, lengths, plens)
+        score(lambda tokens, lengths: torch.zeros(5, 1), tokens, lengths, plens)
     with pytest.raises(TypeError, match="must return a torch.Tensor"):
-        score(lambda t, l: [0.0] * 5, tokens, lengths, plens)
+        score(lambda tokens, lengths: [0.0] * 5, tokens, lengths, plens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +429,7 @@ def test_bad_arguments_raise_clear_errors():
         (dict(max_new_tokens=90), ValueError, "exceeds the model's max_seq_len 96"),
         (dict(prompts=[]), ValueError, "non-empty"),
         (dict(reward_batch_size=0), ValueError, "reward_batch_size"),
-        (dict(reward=lambda t, l: torch.zeros(2)), ValueError, "must return a \\[12\\] float tensor"),
+        (dict(reward=lambda tokens, lengths: torch.zeros(2)), ValueError, "must return a \\[12\\] float tensor"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.kernels import rejection_sample as triton_rs
 from specdecode import core
+from specdecode.kernels import rejection_sample as triton_rs
 from specdecode.reference import rejection_sample as ref
 
 # A seed whose first uniform (slot 0, row 0, offset 0) is exactly 0.0: found by search, and
@@ -156,13 +156,12 @@ def test_one_hot_drafts_residual_excludes_the_draft(backend):
 
 
 # ------------------------------------------------------------------------------------------
-# Edge cases from SPEC.md
+# Edge cases stated in docs/ops.md
 # ------------------------------------------------------------------------------------------
 
 
 def test_zero_uniform_never_accepts_zero_probability(backend):
     assert float(core.uniforms(torch.tensor([SEED_WITH_ZERO_UNIFORM]), torch.tensor([0]), 1, 1)[0, 0]) == 0.0
-    vocab = 4
     target = torch.tensor([[[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]]])
     for draft_probs in (torch.tensor([[[0.25, 0.25, 0.25, 0.25]]]), torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), None):
         tokens, accepted = verify(backend, torch.tensor([[0]]), draft_probs, target, seed=SEED_WITH_ZERO_UNIFORM)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.kernels.topk_prune import topk_prune as triton_topk_prune
 from specdecode import core
+from specdecode.kernels.topk_prune import topk_prune as triton_topk_prune
 from specdecode.reference import topk_prune as ref
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -63,20 +63,20 @@ compared in float32.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from specdecode.core import inverse_cdf_sample, num_keep_from_alpha, philox4x32
 from specdecode.decoder.generate import Prompts, encode_prompts, logits_to_probs
 from specdecode.decoder.model import Transformer
-from specdecode.core import inverse_cdf_sample, num_keep_from_alpha, philox4x32
-from specdecode.ops.compact_kv import compact_kv_cache_
-from specdecode.ops.topk_prune import topk_prune
 from specdecode.decoder.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
+from specdecode.ops.compact_kv import compact_kv_cache_
+from specdecode.ops.topk_prune import topk_prune
 
 __all__ = [
     "best_of_n",

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
 from specdecode.decoder.model import ModelConfig, Transformer
-from specdecode.ops.rejection_sample import rejection_sample
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
+from specdecode.ops.rejection_sample import rejection_sample
 
-Prompts = Union[str, Sequence[str], Sequence[Sequence[int]], Tensor]
+Prompts = str | Sequence[str] | Sequence[Sequence[int]] | Tensor
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
 

@@ -231,7 +231,7 @@ class Transformer(nn.Module):
         """The KV cache's dtype, in which cached attention runs: the body's unless widened."""
         return self._kv_dtype or self.dtype
 
-    def widen_(self, dtype: torch.dtype = torch.float32) -> "Transformer":
+    def widen_(self, dtype: torch.dtype = torch.float32) -> Transformer:
         """Under a narrower body (bf16 weights and matmuls), run the numerically sensitive parts
         in ``dtype``: cached attention and its KV cache, the final norm and the output head.
         Why: logits rounded to bf16 tie often (8-bit mantissa), and bf16 attention differs by

@@ -25,7 +25,7 @@ Built in:
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +163,7 @@ class RewardModel(nn.Module):
         self.eval()
 
     @classmethod
-    def from_language_model(cls, model: Transformer, seed: int | None = 0) -> "RewardModel":
+    def from_language_model(cls, model: Transformer, seed: int | None = 0) -> RewardModel:
         """A reward model whose trunk (embeddings, blocks, final norm) is a copy of ``model``'s and
         whose scalar head is random: how real reward models start before preference training."""
         rm = cls(ModelConfig(**model.config.to_dict()), seed=seed)

@@ -6,7 +6,7 @@ vocabulary (259 ids) is small enough that a full softmax over it is cheap on a C
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 NUM_BYTES = 256
 BOS_ID = 256  # begins every encoded prompt, so a prompt is never empty

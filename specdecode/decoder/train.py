@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_data, val_data, info = load_corpus()
     if args.continue_from:
         from specdecode.decoder.generate import (
-            load_pretrained,
-        )  # here: generate imports the ops, training does not need them
+            load_pretrained,  # here: generate imports the ops, training does not need them
+        )
 
         target, draft = load_pretrained(weights_dir=args.continue_from)
         draft.train()

@@ -14,7 +14,7 @@ reference is ``specdecode.reference.compact_kv``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -47,7 +47,7 @@ def rejection_sample(
     offset: int | torch.Tensor = 0,
     validate: bool = False,
 ) -> RejectionOutput:
-    """Verify K draft tokens per row against the target, exactly (SPEC.md §1).
+    """Verify K draft tokens per row against the target, exactly (rules: ``docs/ops.md``).
 
     Per row: accept draft ``x_i`` with probability ``min(1, q_i(x_i) / p_i(x_i))`` (tested as
     ``u * p < q``, strict), stop at the first rejection ``j`` and emit a token from the residual

@@ -20,8 +20,8 @@ A round of Speculative Rejection::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Real
-from typing import Sequence
 
 import torch
 

@@ -1,9 +1,9 @@
-"""Pure-PyTorch reference of lossless speculative sampling (SPEC.md §1): the spec in code.
+"""Pure-PyTorch reference of lossless speculative sampling (rules: ``docs/ops.md``): the spec in code.
 
 Both kernels (C++ in ``csrc/rejection_sample.cpp``, Triton in ``kernels/rejection_sample.py``)
 follow this algorithm and consume the *same* random numbers, so tests compare them to it exactly.
 
-Notation as in SPEC.md: ``p`` = draft distribution, ``q`` = target distribution.
+Notation: ``p`` = draft distribution, ``q`` = target distribution.
 
 One row ``b`` of a batch, with drafts ``x_0..x_{K-1}``:
 

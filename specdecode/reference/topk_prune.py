@@ -23,7 +23,7 @@ for it (``str``), so ``α = 0.7`` means 7/10 and ``(1−0.7)·10`` is 3, not the
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
