@@ -481,21 +481,3 @@ def test_reward_receives_prompt_lengths_if_it_asks_and_progress_is_reported():
     assert (lengths - prompt_lengths).tolist() == [2] * 9
     assert steps == [(1, 9), (2, 9), (3, 6), (4, 6), (5, 6), (6, 0)]  # 2 of 3 kept per prompt, then all finish
     assert out.stats["reward_calls"] == 2  # the decision point and the final scoring
-
-
-def test_demo_sections_on_a_tiny_pair_and_without_weights(tmp_path, capsys):
-    from specdecode import demo
-    from specdecode.decoder.train import save
-
-    assert demo._shipped_pair(str(tmp_path)) is None
-    assert "python -m specdecode.decoder.train" in capsys.readouterr().out
-    for name, seed in (("target", 0), ("draft", 1)):
-        save(tiny(seed=seed, max_seq_len=256), str(tmp_path / f"{name}.pt"), {})
-    target, draft = demo._shipped_pair(str(tmp_path))
-    threads = torch.get_num_threads()
-    demo.decoding_demo(target, draft, quick=True)
-    demo.best_of_n_demo(target, quick=True)
-    assert torch.get_num_threads() == threads  # the sections run on one thread and restore the count
-    out = capsys.readouterr().out
-    assert "3. Plain vs speculative decoding" in out and "greedy, batch 1" in out
-    assert "4. Best-of-N vs Speculative Rejection" in out and "SpecRej, N = 16, alpha = 0.5" in out
