@@ -1,8 +1,12 @@
-"""``python -m specdecode demo``: the ops at work, each section printing a small table."""
+"""``python -m specdecode demo``: the ops at work, each section printing a small table and what it
+showed: (1) a chi-square verdict on lossless verification, (2) the verifier's speed (medians of
+repeats, beside the README's figure), (3) plain vs speculative decoding, (4) Best-of-N vs
+Speculative Rejection, saying when and why a row loses at equal tokens."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -11,30 +15,68 @@ import torch
 
 import specdecode as sd
 from specdecode.reference import rejection_sample as reference
+from specdecode.stats import chi2_sf, chi_square
+
+# The chi-square test rejects "the tokens follow this distribution" below this p-value: a correct
+# sampler is rejected in 1 run out of 1,000.
+P_VALUE_THRESHOLD = 1e-3
+
+# The README's verifier benchmark (C++ kernel vs the pure-PyTorch reference, float32, one run of
+# `python -m bench`): (B, K, V) -> (kernel ms, reference ms).
+README_VERIFIER_MS = {(64, 4, 32000): (0.331, 55.4)}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _time_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def _median_ms(fn, reps: int = 7) -> float:
     fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return _median([_time_ms(fn) for _ in range(reps)])
 
 
-def verification_demo(num_samples: int = 200_000) -> None:
+# ------------------------------------------------------------------------ section 1: losslessness
+
+
+def goodness_of_fit(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int, float, bool]:
+    """(chi-square statistic, degrees of freedom, p-value, passed) of ``counts`` against ``probs``;
+    passed means p >= ``P_VALUE_THRESHOLD``."""
+    stat, df = chi_square(counts, probs)
+    p_value = chi2_sf(stat, df)
+    return stat, df, p_value, p_value >= P_VALUE_THRESHOLD
+
+
+def fit_line(name: str, counts: torch.Tensor, probs: torch.Tensor) -> str:
+    stat, df, p_value, passed = goodness_of_fit(counts, probs)
+    verdict = "follows the target" if passed else f"does NOT follow the target (p < {P_VALUE_THRESHOLD:g})"
+    return f"{name:<18} chi-square = {stat:9.1f}, df = {df}, p = {p_value:.3g}: {verdict}"
+
+
+def verification_demo(num_samples: int = 200_000, verifier=None) -> bool:
     """Speculative sampling is lossless: a draft that disagrees with the target still yields the
-    target's distribution, while most drafts are accepted."""
+    target's distribution, while most drafts are accepted. ``verifier`` replaces
+    ``sd.rejection_sample`` (the tests pass a broken one to see the verdict fail). Returns the
+    verdict: True if the emitted tokens pass the chi-square test."""
+    verifier = verifier or sd.rejection_sample
     words = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat"]
     target = torch.tensor([0.30, 0.10, 0.20, 0.05, 0.15, 0.05, 0.10, 0.05])
     draft = torch.tensor([0.10, 0.30, 0.05, 0.20, 0.05, 0.15, 0.05, 0.10])
     gen = torch.Generator().manual_seed(0)
     draft_ids = torch.multinomial(draft, num_samples, replacement=True, generator=gen)[:, None]
     target_probs = target.expand(num_samples, 2, len(words))  # position 0, then the bonus row
-    out = sd.rejection_sample(draft_ids, draft.expand(num_samples, 1, len(words)), target_probs, seed=1)
-    first = torch.bincount(out.token_ids[:, 0], minlength=len(words)).double() / num_samples
-    drafted = torch.bincount(draft_ids[:, 0], minlength=len(words)).double() / num_samples
+    out = verifier(draft_ids, draft.expand(num_samples, 1, len(words)), target_probs, seed=1)
+    emitted_counts = torch.bincount(out.token_ids[:, 0], minlength=len(words))
+    drafted_counts = torch.bincount(draft_ids[:, 0], minlength=len(words))
+    first = emitted_counts.double() / num_samples
+    drafted = drafted_counts.double() / num_samples
     print(
         f"1. Lossless verification: {num_samples:,} one-token drafts from a draft model that disagrees "
         f"with the target\n   (accepted {float(out.num_accepted.float().mean()):.1%}; "
@@ -43,11 +85,29 @@ def verification_demo(num_samples: int = 200_000) -> None:
     print(f"   {'token':>6} {'target q':>9} {'draft p':>8} {'drafted':>8} {'emitted':>8}")
     for word, q, p, d, e in zip(words, target.tolist(), draft.tolist(), drafted.tolist(), first.tolist()):
         print(f"   {word:>6} {q:9.3f} {p:8.3f} {d:8.3f} {e:8.3f}")
-    max_error = float((first - target.double()).abs().max())
-    print(f"   max |emitted - target| = {max_error:.4f} (sampling noise ~ {(0.25 / num_samples) ** 0.5:.4f})\n")
+    passed = goodness_of_fit(emitted_counts, target)[3]
+    draft_rejected = not goodness_of_fit(drafted_counts, target)[3]
+    print(
+        f"   Chi-square goodness of fit against the target q (rejects below p = {P_VALUE_THRESHOLD:g}, "
+        f"so a correct sampler fails 1 run in {round(1 / P_VALUE_THRESHOLD):,}):"
+    )
+    print("     " + fit_line("emitted tokens", emitted_counts, target))
+    print("     " + fit_line("drafted (control)", drafted_counts, target))
+    if passed:
+        control = "" if not draft_rejected else ", while the same test rejects the drafts they came from"
+        print(f"   Verdict: PASS -- the emitted tokens follow the target{control}.\n")
+    else:
+        print("   Verdict: FAIL -- the emitted tokens do not follow the target distribution.\n")
+    return passed
 
 
-def speed_demo(batch: int = 64, num_drafts: int = 4, vocab: int = 32000) -> None:
+# ------------------------------------------------------------------------ section 2: speed
+
+
+def speed_demo(batch: int = 64, num_drafts: int = 4, vocab: int = 32000, rounds: int = 5) -> None:
+    """The C++ kernel against the pure-PyTorch reference: ``rounds`` rounds, each timing the kernel
+    (median of 5 calls) and the reference (one call); medians over the rounds, and the range of
+    the per-round ratio, since one call on a busy machine can be off by an order of magnitude."""
     gen = torch.Generator().manual_seed(0)
     target_logits = torch.randn(batch, num_drafts + 1, vocab, generator=gen) * 2
     target_probs = torch.softmax(target_logits, -1)
@@ -57,19 +117,34 @@ def speed_demo(batch: int = 64, num_drafts: int = 4, vocab: int = 32000) -> None
     draft_ids = torch.multinomial(draft_probs.reshape(-1, vocab), 1, generator=gen).reshape(batch, num_drafts)
     seeds = torch.tensor([1])
     greedy = torch.zeros(batch, dtype=torch.bool)
-    fused = _median_ms(lambda: sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds))
-    ref = _median_ms(
-        lambda: reference.rejection_sample(draft_ids, draft_probs, target_probs, greedy, seeds, torch.tensor([0])),
-        reps=3,
-    )
-    same = torch.equal(
-        sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds).num_accepted,
-        reference.rejection_sample(draft_ids, draft_probs, target_probs, greedy, seeds, torch.tensor([0])).num_accepted,
-    )
+
+    def fused_call():
+        return sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds)
+
+    def reference_call():
+        return reference.rejection_sample(draft_ids, draft_probs, target_probs, greedy, seeds, torch.tensor([0]))
+
+    same = torch.equal(fused_call().num_accepted, reference_call().num_accepted)  # also the warm-up
+    fused_times, reference_times = [], []
+    for _ in range(rounds):
+        fused_times.append(_median_ms(fused_call, reps=5))
+        reference_times.append(_time_ms(reference_call))
+    fused, ref = _median(fused_times), _median(reference_times)
+    ratios = [r / f for r, f in zip(reference_times, fused_times)]
     print(f"2. Speed on this CPU, (B, K, V) = ({batch}, {num_drafts}, {vocab}), float32:")
     print(
-        f"   C++ kernel {fused:.2f} ms vs pure-PyTorch reference {ref:.1f} ms ({ref / fused:.0f}x); "
-        f"same acceptance counts: {same}\n   (full comparison: python -m bench.bench_rejection_sample)\n"
+        f"   C++ kernel {fused:.2f} ms vs pure-PyTorch reference {ref:.1f} ms: {ref / fused:.0f}x "
+        f"(medians of {rounds} rounds; per-round ratio {min(ratios):.0f}-{max(ratios):.0f}x)"
+    )
+    readme = README_VERIFIER_MS.get((batch, num_drafts, vocab))
+    if readme is not None:
+        print(
+            f"   README benchmark, same shape: {readme[0]} ms vs {readme[1]} ms: {readme[1] / readme[0]:.0f}x "
+            "(another run; the ratio moves with the reference's time)"
+        )
+    print(
+        f"   same acceptance counts as the reference: {same}\n"
+        "   (full comparison: python -m bench.bench_rejection_sample)\n"
     )
 
 
@@ -204,10 +279,105 @@ def decoding_demo(target, draft, quick: bool = False, num_draft_tokens: int = 4)
     )
 
 
+# A row "loses at equal tokens" to another that reached a higher reward with at most this much
+# more generated tokens (1,280 vs 1,312 is equal for a reader; 2x is not).
+EQUAL_TOKENS_TOLERANCE = 0.05
+
+
+def losses_at_equal_tokens(rows: list[tuple[float, int]]) -> list[tuple[int, int]]:
+    """``rows`` = (reward, tokens generated) per method. For every row some other row beats -- a
+    higher reward with at most ``1 + EQUAL_TOKENS_TOLERANCE`` times its tokens -- the pair
+    ``(loser, winner)``, the winner being the best such row."""
+    losses = []
+    for i, (reward, tokens) in enumerate(rows):
+        better = [
+            j
+            for j, (other_reward, other_tokens) in enumerate(rows)
+            if j != i and other_reward > reward and other_tokens <= tokens * (1 + EQUAL_TOKENS_TOLERANCE)
+        ]
+        if better:
+            losses.append((i, max(better, key=lambda j: rows[j][0])))
+    return losses
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float:
+    if len(xs) < 3:
+        return math.nan
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def partial_final_correlation(pruned_run, full_run) -> float:
+    """Mean over prompts of the within-prompt correlation between the partial reward each
+    candidate had at the first decision point of ``pruned_run`` and its final reward in
+    ``full_run`` (Best-of-N with as many candidates, same seed: candidate ``j`` of a prompt draws
+    the same uniforms in both). NaN if the runs' candidates differ before the decision point."""
+    first = pruned_run.stats["rounds"][0]
+    tau = first["tokens_per_row"]
+    if not torch.equal(pruned_run.candidate_tokens[..., :tau], full_run.candidate_tokens[..., :tau]):
+        return math.nan
+    within = []
+    for g, partial in enumerate(first["rewards"]):
+        live = (full_run.candidate_num_tokens[g] > tau).nonzero().flatten().tolist()
+        if len(live) != len(partial):
+            return math.nan
+        within.append(_pearson(partial, [float(full_run.candidate_rewards[g, c]) for c in live]))
+    within = [r for r in within if not math.isnan(r)]
+    return sum(within) / len(within) if within else math.nan
+
+
+def best_pruned(pruned_run, full_run) -> int:
+    """How many prompts lost, to pruning in ``pruned_run``, the candidate that wins them in
+    ``full_run`` (Best-of-N over the same candidates)."""
+    winners = full_run.best_candidate[:, None]
+    return int((~pruned_run.finished.gather(1, winners)).sum())
+
+
+def _per_prompt(counts: list[int]) -> str:
+    """``[8, 8, 8, 8]`` -> ``8``; ``[8, 7, 8, 8]`` -> ``8/7/8/8``."""
+    return str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+
+
+def _kept_per_prompt(run) -> str:
+    return _per_prompt(run.stats["rounds"][-1]["kept_per_prompt"])
+
+
+def loss_explanation(loser: dict, winner: dict, full_run) -> str:
+    """One line: ``loser`` (a row of section 4) reaches a lower reward than ``winner`` with about
+    as many tokens or more, and why. ``full_run``: Best-of-N with as many candidates as the
+    pruned runs start with, same seed."""
+    head = (
+        f"   {loser['label']} loses to {winner['label']} at about equal tokens "
+        f"({loser['tokens']:,} vs {winner['tokens']:,}; reward {loser['reward']:.3f} vs {winner['reward']:.3f}): "
+    )
+    if loser["rounds"] and not winner["rounds"]:  # pruned, against plain Best-of-N
+        run = loser["out"]
+        tau = run.stats["rounds"][0]["tokens_per_row"]
+        r = partial_final_correlation(run, full_run)
+        measured = f" (within-prompt correlation {r:.2f})" if not math.isnan(r) else ""
+        lost, num_prompts = best_pruned(run, full_run), run.finished.shape[0]
+        return head + (
+            f"at this length the partial reward at token {tau} predicts the final one only in part{measured}; "
+            f"pruning dropped the best of all {full_run.candidate_rewards.shape[1]} for {lost} of {num_prompts} "
+            f"prompts, and {_kept_per_prompt(run)} candidates per prompt finished to Best-of-N's {winner['n']}."
+        )
+    if winner["rounds"] and not loser["rounds"]:
+        run = winner["out"]
+        tau = run.stats["rounds"][0]["tokens_per_row"]
+        return head + (
+            f"Speculative Rejection started {winner['n']} candidates per prompt and spent its remaining tokens on the "
+            f"{_kept_per_prompt(run)} whose partial reward was best at token {tau}."
+        )
+    return head + "one seed on a few prompts: the rewards of single samples vary."
+
+
 @one_thread()
-def best_of_n_demo(target, quick: bool = False) -> None:
+def best_of_n_demo(target, quick: bool = False) -> list[dict]:
     """Best-of-N vs Speculative Rejection on the shipped target, reward = the target's mean
-    log-likelihood of the response (the paper's Table 2 setting)."""
+    log-likelihood of the response (the paper's Table 2 setting). Returns the table's rows
+    (``label``, ``n``, ``alpha``, ``reward``, ``tokens``, ``rounds``, ``out``)."""
     from specdecode.decoder.best_of_n import kv_bytes_per_token
 
     prompts = DEMO_PROMPTS
@@ -238,38 +408,54 @@ def best_of_n_demo(target, quick: bool = False) -> None:
             generator=torch.Generator().manual_seed(0),
             progress=lambda step, live: bar.update(step),
         )
-        if "alpha" in kwargs:
-            n, alpha = kwargs.pop("n"), kwargs.pop("alpha")
+        n, alpha = kwargs.pop("n"), kwargs.pop("alpha", None)
+        if alpha is not None:
             out = sd.speculative_rejection(target, reward, prompts, n, alpha, **common, **kwargs)
         else:
-            out = sd.best_of_n(target, reward, prompts, kwargs["n"], **common)
+            out = sd.best_of_n(target, reward, prompts, n, **common)
         bar.close()
-        results.append((label, out))
-    base_tokens = results[2][1].stats["tokens_generated"]
-    base_seconds = results[2][1].stats["seconds"]
+        results.append(
+            {
+                "label": label,
+                "n": n,
+                "alpha": alpha,
+                "reward": float(out.rewards.mean()),
+                "tokens": out.stats["tokens_generated"],
+                "rounds": len(out.stats["rounds"]),
+                "out": out,
+            }
+        )
+    full_run = results[2]["out"]
+    base_tokens = full_run.stats["tokens_generated"]
+    base_seconds = full_run.stats["seconds"]
     print(
-        f"   {'method':<30} {'reward':>7} {'perplexity':>10} {'tokens':>7} {'vs BoN-' + str(big_n):>9} "
+        f"   {'method (N per prompt)':<30} {'reward':>7} {'perplexity':>10} {'tokens':>7} {'vs BoN-' + str(big_n):>9} "
         f"{'time s':>7} {'peak KV KiB':>11} {'rounds':>6}"
     )
-    for label, out in results:
-        reward_mean = float(out.rewards.mean())
+    for row in results:
+        out = row["out"]
         perplexity = float(torch.exp(-out.rewards).mean())
-        tokens = out.stats["tokens_generated"]
         print(
-            f"   {label:<30} {reward_mean:7.3f} {perplexity:10.2f} {tokens:7d} {tokens / base_tokens:8.0%} "
-            f"{out.stats['seconds']:7.2f} {out.stats['peak_kv_bytes'] / 1024:11.0f} {len(out.stats['rounds']):6d}"
+            f"   {row['label']:<30} {row['reward']:7.3f} {perplexity:10.2f} {row['tokens']:7d} "
+            f"{row['tokens'] / base_tokens:8.0%} {out.stats['seconds']:7.2f} "
+            f"{out.stats['peak_kv_bytes'] / 1024:11.0f} {row['rounds']:6d}"
         )
-    spr = results[3][1]
+    spr = results[3]["out"]
     kept = ", ".join(
-        f"{sum(r['live_per_prompt'])} -> {sum(r['kept_per_prompt'])} at token {r['tokens_per_row']}"
+        f"{sum(r['live_per_prompt'])} -> {sum(r['kept_per_prompt'])} rows "
+        f"({_per_prompt(r['live_per_prompt'])} -> {_per_prompt(r['kept_per_prompt'])} per prompt) "
+        f"at token {r['tokens_per_row']}"
         for r in spr.stats["rounds"]
     )
     print(
         f"   SpecRej alpha = 0.5 pruned {kept}, then the survivors finish; "
         f"time vs BoN-{big_n}: {spr.stats['seconds'] / base_seconds:.0%}"
     )
+    for loser, winner in losses_at_equal_tokens([(row["reward"], row["tokens"]) for row in results]):
+        print(loss_explanation(results[loser], results[winner], full_run))
     print(f"   its best answer to {prompts[0]!r}:\n     {spr.texts()[0][:120]!r}")
     print("   (sweep over N and alpha: python -m bench.bench_best_of_n)\n")
+    return results
 
 
 def main(quick: bool = False, weights_dir: str | None = None) -> None:
