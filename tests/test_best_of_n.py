@@ -18,9 +18,9 @@ from specdecode.decoder.best_of_n import (
     max_candidates_for_budget,
     speculative_rejection,
 )
-from specdecode.decoder.generate import encode_prompts
 from specdecode.decoder.model import ModelConfig, Transformer
 from specdecode.decoder.rewards import LogLikelihoodReward, RewardModel, score
+from specdecode.decoder.state import SamplingSettings, encode_prompts
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID
 
 PROMPTS = ["def f(x):", "import os\n", "a much longer prompt, so rows are ragged"]
@@ -69,9 +69,11 @@ def test_compacted_survivors_logits_equal_recomputation():
     model = tiny(EOSBiased, torch.float64)
     ids, lengths = encode_prompts(PROMPTS)
     n = 5
-    batch = CandidateBatch(model, ids, lengths, n, 12, 1.0, 1234, EOS_ID)
+    batch = CandidateBatch(model, ids, lengths, n, 12, SamplingSettings(1.0, eos_id=EOS_ID), seed=1234)
     batch.prefill()
-    torch.testing.assert_close(batch.logits, full_next_logits(model, batch.seq, batch.n), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        batch.logits, full_next_logits(model, batch.state.tokens, batch.state.lengths), rtol=0, atol=1e-10
+    )
     retired = 0
     for _ in range(4):
         finished = batch.sample()
@@ -81,13 +83,17 @@ def test_compacted_survivors_logits_equal_recomputation():
         batch.forward()
     assert retired > 0, "the EOS bias should retire some rows (exercises a compaction)"
     kept = torch.arange(0, batch.size, 2)  # an arbitrary ascending survivor set across prompts
-    cand_before, seq_before = batch.cand[kept].clone(), batch.seq[kept].clone()
+    cand_before, seq_before = batch.cand[kept].clone(), batch.state.tokens[kept].clone()
     batch.compact_(kept)
-    assert torch.equal(batch.cand, cand_before) and torch.equal(batch.seq, seq_before)
-    torch.testing.assert_close(batch.logits, full_next_logits(model, batch.seq, batch.n), rtol=0, atol=1e-10)
+    assert torch.equal(batch.cand, cand_before) and torch.equal(batch.state.tokens, seq_before)
+    torch.testing.assert_close(
+        batch.logits, full_next_logits(model, batch.state.tokens, batch.state.lengths), rtol=0, atol=1e-10
+    )
     batch.sample()
     batch.forward()  # reads the compacted KV
-    torch.testing.assert_close(batch.logits, full_next_logits(model, batch.seq, batch.n), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        batch.logits, full_next_logits(model, batch.state.tokens, batch.state.lengths), rtol=0, atol=1e-10
+    )
 
 
 def test_prompt_is_prefilled_once():
