@@ -178,3 +178,15 @@ def test_loss_explanation_of_a_pruned_run(tiny_run):
     assert f"(within-prompt correlation {r:.2f})" in line
     assert f"pruning dropped the best of all 16 for {lost} of 4 prompts" in line
     assert line.endswith("8 candidates per prompt finished to Best-of-N's 10.") and "\n" not in line
+
+
+def test_command_line_runs_the_demo_with_quick(monkeypatch):
+    from specdecode.__main__ import main
+
+    calls = []
+    monkeypatch.setattr(demo, "main", lambda quick=False: calls.append(quick))
+    main(["demo", "--quick"])
+    main(["demo"])
+    assert calls == [True, False]
+    with pytest.raises(SystemExit):
+        main(["nonsense"])
