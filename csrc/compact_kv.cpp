@@ -18,6 +18,7 @@
 // row move could clobber another row). Anything else is rejected: copying it would allocate.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +26,8 @@
 #include <cstring>
 #include <utility>
 #include <vector>
+
+#include "checks.h"
 
 namespace specdecode {
 namespace {
@@ -86,7 +89,8 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
 }
 
 void check_kept_indices(const at::Tensor& kept, int64_t num_rows) {
-  TORCH_CHECK(kept.dim() == 1 && kept.scalar_type() == at::kLong, "compact_kv_: kept_indices must be 1-D int64");
+  TORCH_CHECK(kept.dim() == 1 && kept.scalar_type() == at::kLong, "compact_kv_: kept_indices must be 1-D int64, got ",
+              kept.scalar_type(), " of shape ", kept.sizes());
   TORCH_CHECK(kept.numel() <= num_rows, "compact_kv_: ", kept.numel(), " kept indices for only ", num_rows, " rows");
   const int64_t* idx = kept.data_ptr<int64_t>();
   for (int64_t i = 0; i < kept.numel(); ++i) {
@@ -111,8 +115,35 @@ void for_each_run(const RowLayout& L, int64_t element_size, int64_t begin, int64
   }
 }
 
-void compact_kv_cpu(const at::Tensor& data, const at::Tensor& kept_indices_in, int64_t batch_dim) {
+// Whether the bytes a and b can reach intersect (a sufficient test for "no shared byte").
+bool byte_spans_intersect(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || !a.storage().is_alias_of(b.storage())) return false;
+  auto span = [](const at::Tensor& t) {
+    int64_t last = 0;  // offset of the last element, in elements
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    const char* first = static_cast<const char*>(t.data_ptr());
+    return std::make_pair(first, first + (last + 1) * t.element_size());
+  };
+  const auto [a_begin, a_end] = span(a);
+  const auto [b_begin, b_end] = span(b);
+  return a_begin < b_end && b_begin < a_end;
+}
+
+void check_arguments(const at::Tensor& data, const at::Tensor& kept_indices, int64_t batch_dim) {
+  check_same_device("compact_kv_", {{"data", &data}, {"kept_indices", &kept_indices}});
   TORCH_CHECK(data.dim() >= 1, "compact_kv_: data must have at least one dimension");
+  TORCH_CHECK(batch_dim >= -data.dim() && batch_dim < data.dim(), "compact_kv_: batch_dim = ", batch_dim,
+              " is out of range for data of shape ", data.sizes());
+  // As torch's own in-place ops: a leaf that requires grad must not be overwritten (under no_grad it may).
+  TORCH_CHECK(!(at::GradMode::is_enabled() && data.requires_grad() && data.is_leaf()),
+              "compact_kv_: data is a leaf Variable that requires grad and is being used in an in-place operation");
+  // The kept indices are read while the rows move: if data's moves could rewrite them, a checked
+  // index could turn into an out-of-bounds one.
+  TORCH_CHECK(!byte_spans_intersect(data, kept_indices), "compact_kv_: kept_indices shares memory with data");
+}
+
+void compact_kv_cpu(const at::Tensor& data, const at::Tensor& kept_indices_in, int64_t batch_dim) {
+  check_arguments(data, kept_indices_in, batch_dim);
   batch_dim = at::maybe_wrap_dim(batch_dim, data.dim());
   const auto kept_indices = kept_indices_in.contiguous();
   const int64_t num_rows = data.size(batch_dim), num_kept = kept_indices.numel();

@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "checks.h"
 #include "philox.h"
 
 namespace specdecode {
@@ -38,20 +39,24 @@ struct ResidualWeights {
   // Sum of w over [begin, end). Only the block holding the one-hot id needs the id compare; the
   // others stream without it (an index compare in the loop made it 6x slower).
   double block_sum(int64_t begin, int64_t end) const {
-    if (one_hot_id >= begin && one_hot_id < end) {
-      double sum = 0.0;
-      for (int64_t v = begin; v < end; ++v) sum += (*this)(v);
-      return sum;
-    }
+    if (one_hot_id >= begin && one_hot_id < end) return exact_sum(begin, end);
     // `omp simd reduction` allows the lane-wise (reassociated) float sum that plain -O3 will not
     // do; with at most kScanBlock / 4 terms per lane the block sum is within ~2e-6 relative.
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t v = begin; v < end; ++v) sum += positive_part(difference(v));
+    // Finite weights near float32's maximum (unnormalised rows) can overflow a float sum to inf;
+    // then sum this block again in double, which cannot overflow (the reference sums in float64).
+    if (std::isinf(sum)) return exact_sum(begin, end);
     return sum;
   }
 
  private:
+  double exact_sum(int64_t begin, int64_t end) const {
+    double sum = 0.0;
+    for (int64_t v = begin; v < end; ++v) sum += (*this)(v);
+    return sum;
+  }
   float difference(int64_t v) const {
     float diff = static_cast<float>(q[v]);
     if constexpr (kDense) diff -= static_cast<float>(p[v]);
@@ -200,28 +205,54 @@ void verify_row(const VerifyArgs<scalar_t>& a, int64_t b, std::vector<double>& s
   a.num_accepted[b] = accepted;
 }
 
+bool is_probability_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16;
+}
+
+// Unit stride along V, or V == 1 (a size-1 dim's stride is never used to address anything).
+bool streams_vocab(const at::Tensor& probs) { return probs.size(2) == 1 || probs.stride(2) == 1; }
+
 void check_inputs(const at::Tensor& draft_ids, const std::optional<at::Tensor>& draft_probs,
                   const at::Tensor& target_probs, const at::Tensor& greedy, const at::Tensor& seeds,
                   const at::Tensor& offsets) {
+  check_same_device("rejection_sample", {{"draft_token_ids", &draft_ids},
+                                         {"draft_probs", optional_ptr(draft_probs)},
+                                         {"target_probs", &target_probs},
+                                         {"greedy", &greedy},
+                                         {"seeds", &seeds},
+                                         {"offsets", &offsets}});
   TORCH_CHECK(draft_ids.dim() == 2 && draft_ids.scalar_type() == at::kLong && draft_ids.is_contiguous(),
-              "draft_token_ids must be a contiguous [B, K] int64 tensor");
+              "rejection_sample: draft_token_ids must be a contiguous [B, K] int64 tensor, got ",
+              draft_ids.scalar_type(), " of shape ", draft_ids.sizes());
   const int64_t B = draft_ids.size(0), K = draft_ids.size(1);
   TORCH_CHECK(target_probs.dim() == 3 && target_probs.size(0) == B && target_probs.size(1) == K + 1,
-              "target_probs must be [B, K+1, V]");
-  TORCH_CHECK(target_probs.size(2) > 0 && target_probs.size(2) < (int64_t{1} << 31) && target_probs.stride(2) == 1,
-              "target_probs must have 0 < V < 2^31 and unit stride in V");
+              "rejection_sample: target_probs must be [B, K+1, V] = [", B, ", ", K + 1, ", V], got ",
+              target_probs.sizes());
+  TORCH_CHECK(is_probability_dtype(target_probs.scalar_type()),
+              "rejection_sample: target_probs must be floating point, got ", target_probs.scalar_type());
+  TORCH_CHECK(target_probs.size(2) > 0 && target_probs.size(2) < (int64_t{1} << 31),
+              "rejection_sample: target_probs must have 0 < V < 2^31, got V = ", target_probs.size(2));
+  TORCH_CHECK(streams_vocab(target_probs), "rejection_sample: target_probs must have unit stride in V, got strides ",
+              target_probs.strides());
   if (draft_probs) {
     TORCH_CHECK(draft_probs->dim() == 3 && draft_probs->size(0) == B && draft_probs->size(1) == K &&
-                    draft_probs->size(2) == target_probs.size(2) && draft_probs->stride(2) == 1,
-                "draft_probs must be [B, K, V] with unit stride in V");
-    TORCH_CHECK(draft_probs->scalar_type() == target_probs.scalar_type(), "draft_probs and target_probs dtypes differ");
+                    draft_probs->size(2) == target_probs.size(2),
+                "rejection_sample: draft_probs must be [B, K, V] = [", B, ", ", K, ", ", target_probs.size(2),
+                "], got ", draft_probs->sizes());
+    TORCH_CHECK(streams_vocab(*draft_probs), "rejection_sample: draft_probs must have unit stride in V, got strides ",
+                draft_probs->strides());
+    TORCH_CHECK(draft_probs->scalar_type() == target_probs.scalar_type(), "rejection_sample: draft_probs (",
+                draft_probs->scalar_type(), ") and target_probs (", target_probs.scalar_type(), ") dtypes differ");
   }
   TORCH_CHECK(greedy.dim() == 1 && greedy.size(0) == B && greedy.scalar_type() == at::kBool && greedy.is_contiguous(),
-              "greedy must be a contiguous [B] bool tensor");
-  for (const auto* t : {&seeds, &offsets}) {
-    TORCH_CHECK(t->dim() == 1 && (t->size(0) == 1 || t->size(0) == B) && t->scalar_type() == at::kLong &&
-                    t->is_contiguous(),
-                "seeds and offsets must be contiguous int64 tensors of shape [1] or [B]");
+              "rejection_sample: greedy must be a contiguous [B] = [", B, "] bool tensor, got ", greedy.scalar_type(),
+              " of shape ", greedy.sizes());
+  for (const NamedTensor& named : {NamedTensor{"seeds", &seeds}, NamedTensor{"offsets", &offsets}}) {
+    const at::Tensor& t = *named.second;
+    TORCH_CHECK(t.dim() == 1 && (t.size(0) == 1 || t.size(0) == B) && t.scalar_type() == at::kLong &&
+                    t.is_contiguous(),
+                "rejection_sample: ", named.first, " must be a contiguous int64 tensor of shape [1] or [B] = [", B,
+                "], got ", t.scalar_type(), " of shape ", t.sizes());
   }
 }
 

@@ -14,6 +14,8 @@
 #include <functional>
 #include <vector>
 
+#include "checks.h"
+
 namespace specdecode {
 namespace {
 
@@ -49,18 +51,43 @@ void prune_group(const scalar_t* rewards, int64_t size, int64_t keep, bool* keep
 }
 
 void check_inputs(const at::Tensor& rewards, const at::Tensor& group_sizes, const at::Tensor& num_keep) {
+  check_same_device("topk_prune", {{"rewards", &rewards}, {"group_sizes", &group_sizes}, {"num_keep", &num_keep}});
   TORCH_CHECK(rewards.dim() == 1, "topk_prune: rewards must be 1-D [N], got ", rewards.sizes());
-  TORCH_CHECK(at::isFloatingType(rewards.scalar_type()), "topk_prune: rewards must be floating point");
-  for (const auto* t : {&group_sizes, &num_keep}) {
-    TORCH_CHECK(t->dim() == 1 && t->scalar_type() == at::kLong,
-                "topk_prune: group_sizes and num_keep must be 1-D int64 tensors");
-  }
+  const auto dtype = rewards.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+              "topk_prune: rewards must be float32, float64, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(group_sizes.dim() == 1 && group_sizes.scalar_type() == at::kLong,
+              "topk_prune: group_sizes must be a 1-D int64 tensor, got ", group_sizes.scalar_type(), " of shape ",
+              group_sizes.sizes());
+  TORCH_CHECK(num_keep.dim() == 1 && num_keep.scalar_type() == at::kLong,
+              "topk_prune: num_keep must be a 1-D int64 tensor, got ", num_keep.scalar_type(), " of shape ",
+              num_keep.sizes());
   TORCH_CHECK(group_sizes.size(0) == num_keep.size(0), "topk_prune: group_sizes has ", group_sizes.size(0),
               " groups but num_keep has ", num_keep.size(0));
+  TORCH_CHECK(rewards.size(0) < (int64_t{1} << 32), "topk_prune: rewards has ", rewards.size(0),
+              " entries; at most 2^32 - 1 candidates");
+}
+
+// Group starts from sizes checked one by one: each size in [0, N] and each partial sum <= N, so
+// the running sum never overflows (a sum that wraps could otherwise pass "sums to N").
+std::vector<int64_t> group_starts(const int64_t* sizes, const int64_t* keeps, int64_t num_groups, int64_t N) {
+  std::vector<int64_t> starts(num_groups + 1, 0);
+  for (int64_t g = 0; g < num_groups; ++g) {
+    TORCH_CHECK(sizes[g] >= 0 && sizes[g] <= N, "topk_prune: group_sizes[", g, "] = ", sizes[g],
+                " is outside [0, N = ", N, "]");
+    TORCH_CHECK(keeps[g] >= 0 && keeps[g] <= sizes[g], "topk_prune: num_keep[", g, "] = ", keeps[g],
+                " is outside [0, group size ", sizes[g], "]");
+    TORCH_CHECK(sizes[g] <= N - starts[g], "topk_prune: group_sizes[0..", g, "] sum to more than the N = ", N,
+                " rewards");
+    starts[g + 1] = starts[g] + sizes[g];
+  }
+  TORCH_CHECK(starts[num_groups] == N, "topk_prune: group_sizes sum to ", starts[num_groups], " but there are ", N,
+              " rewards");
+  return starts;
 }
 
 at::Tensor topk_prune_cpu(const at::Tensor& rewards_in, const at::Tensor& group_sizes_in,
-                               const at::Tensor& num_keep_in) {
+                          const at::Tensor& num_keep_in) {
   check_inputs(rewards_in, group_sizes_in, num_keep_in);
   const auto rewards = rewards_in.contiguous();
   const auto group_sizes = group_sizes_in.contiguous();
@@ -68,17 +95,8 @@ at::Tensor topk_prune_cpu(const at::Tensor& rewards_in, const at::Tensor& group_
   const int64_t N = rewards.size(0), P = group_sizes.size(0);
   const int64_t* sizes = group_sizes.data_ptr<int64_t>();
   const int64_t* keeps = num_keep.data_ptr<int64_t>();
-
   // Values are on the host here, so the checks the CUDA path leaves to validate=True are free.
-  std::vector<int64_t> starts(P + 1, 0);
-  for (int64_t g = 0; g < P; ++g) {
-    TORCH_CHECK(sizes[g] >= 0, "topk_prune: group_sizes[", g, "] = ", sizes[g], " is negative");
-    TORCH_CHECK(keeps[g] >= 0 && keeps[g] <= sizes[g], "topk_prune: num_keep[", g, "] = ", keeps[g],
-                " is outside [0, group size ", sizes[g], "]");
-    starts[g + 1] = starts[g] + sizes[g];
-  }
-  TORCH_CHECK(starts[P] == N, "topk_prune: group_sizes sum to ", starts[P], " but there are ", N, " rewards");
-  TORCH_CHECK(N < (int64_t{1} << 32), "topk_prune: at most 2^32 - 1 candidates");
+  const std::vector<int64_t> starts = group_starts(sizes, keeps, P, N);
 
   // Threads only pay off for enough candidates per thread: below that, waking a second thread
   // costs more than the selection (and a busy core turns the wait into a scheduler slice).

@@ -12,8 +12,10 @@ selection instead of a sort, so a group of any size streams through fixed-size t
 3. Keep every key ``> T``, plus the first ``k - count(key > T)`` keys equal to ``T`` in index
    order (a running prefix count over tiles): the lower index wins ties.
 
-Out-of-range inputs (``num_keep`` outside ``[0, n_g]``, group sizes not summing to N) cannot make
-the kernel read or write outside its tensors: ``k`` is clamped and every access is masked by N.
+Out-of-range inputs (``num_keep`` outside ``[0, n_g]``, group sizes negative, larger than N or
+not summing to N, even sums that wrap int64) cannot make the kernel read or write outside its
+tensors: sizes are clamped to ``[0, N]`` before the starts are summed, ``k`` is clamped, and
+every access is masked by N.
 The public wrapper rejects such inputs before launching.
 """
 
@@ -110,6 +112,10 @@ def topk_prune(
     num_groups = group_sizes.numel()
     if num_groups == 0 or rewards.numel() == 0:
         return keep_mask
+    # The values are not checked here (that needs a host sync): sizes are clamped to [0, N] first,
+    # so the cumulative sum cannot wrap to a negative start, and the kernel clamps each group to
+    # [start, N). Bad sizes give an unspecified mask, never an access outside the tensors.
+    group_sizes = group_sizes.clamp(0, rewards.numel())
     group_starts = torch.cumsum(group_sizes, 0) - group_sizes
     _topk_prune_kernel[(num_groups,)](
         rewards,

@@ -209,6 +209,50 @@ def _is_non_overlapping(dims: list[tuple[int, int]]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
+    """``RuntimeError`` naming the argument unless every tensor argument of the raw op ``op`` is on
+    one device, as native ops require. The fake kernels call it too: they are what runs when any
+    argument is a ``meta`` tensor, and would otherwise return uninitialised outputs for a mix."""
+    first_name, device = None, None
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if device is None:
+            first_name, device = name, tensor.device
+        elif tensor.device != device:
+            raise RuntimeError(
+                f"{op}: {name} is on {tensor.device} but {first_name} is on {device}; "
+                "every tensor argument must be on the same device"
+            )
+
+
+def byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """``[first, last)`` addresses of the bytes ``tensor`` can touch (empty for no elements)."""
+    start = tensor.data_ptr()
+    if tensor.numel() == 0:
+        return start, start
+    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))  # torch strides are >= 0
+    return start, start + (last + 1) * tensor.element_size()
+
+
+def may_share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share a byte. Exact for disjoint spans and for same-layout views
+    at different offsets (``kv[:, 0]`` / ``kv[:, 1]`` of a packed cache); conservative otherwise."""
+    if a.device != b.device or a.device.type == "meta" or a.numel() == 0 or b.numel() == 0:
+        return False  # meta tensors have no memory
+    (a_start, a_end), (b_start, b_end) = byte_span(a), byte_span(b)
+    if a_end <= b_start or b_end <= a_start:
+        return False
+    if a.shape != b.shape or a.stride() != b.stride() or a.element_size() != b.element_size():
+        return True
+    # The same layout shifted by `shift` bytes: disjoint iff the pair, as one tensor with an extra
+    # dim of stride `shift`, has no two elements (bytes) at one address.
+    element_size = a.element_size()
+    byte_dims = [(size, stride * element_size) for size, stride in zip(a.shape, a.stride()) if size > 1]
+    shift = abs(a.data_ptr() - b.data_ptr())
+    return not _is_non_overlapping([*byte_dims, (element_size, 1), (2, shift)])
+
+
 def is_int(value) -> bool:
     """An int that is not a bool: ``True`` is an int to Python, never a count or an index here."""
     return isinstance(value, int) and not isinstance(value, bool)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from specdecode.core import is_int, row_layout
+from specdecode.core import check_same_device, is_int, may_share_memory, row_layout
 
 __all__ = ["compact_kv_cache_", "KVCacheCompactor"]
 
@@ -30,6 +30,10 @@ _lib = torch.library.Library("specdecode", "IMPL")
 def _compact_kv_cuda(data, kept_indices, batch_dim):
     from specdecode.kernels.compact_kv import compact_kv_ as launch
 
+    check_same_device("compact_kv_", data=data, kept_indices=kept_indices)
+    _check_writable("compact_kv_: data", data)
+    if may_share_memory(data, kept_indices):  # the kernel reads the indices while rows move
+        raise RuntimeError("compact_kv_: kept_indices shares memory with data")
     with torch.cuda.device(data.device):
         launch(data, kept_indices, batch_dim)
 
@@ -39,7 +43,15 @@ _lib.impl("compact_kv_", _compact_kv_cuda, "CUDA")
 
 @torch.library.register_fake("specdecode::compact_kv_")
 def _compact_kv_fake(data, kept_indices, batch_dim):
+    check_same_device("compact_kv_", data=data, kept_indices=kept_indices)
     return None
+
+
+def _check_writable(name: str, tensor: torch.Tensor) -> None:
+    """As torch's own in-place ops: a leaf that requires grad must not be overwritten (under
+    ``no_grad`` it may)."""
+    if torch.is_grad_enabled() and tensor.requires_grad and tensor.is_leaf:
+        raise RuntimeError(f"{name} is a leaf Variable that requires grad and is being used in an in-place operation")
 
 
 def compact_kv_cache_(
@@ -55,7 +67,12 @@ def compact_kv_cache_(
     Args:
         cache: a tensor, or a sequence of tensors (the K/V caches, token buffers, lengths...), of
             any dtype (float32/bfloat16/float16, int8 quantised caches, ints, bools) and rank.
-            Every tensor must have the same number of rows ``B`` along its batch dim.
+            Every tensor must have the same number of rows ``B`` along its batch dim. The same
+            tensor (view) given twice is compacted once; tensors that otherwise share memory (a
+            tensor and its transpose, overlapping slices, ``kept_indices`` itself) raise
+            ``ValueError``. Views into disjoint parts of one buffer (``kv[:, 0]``, ``kv[:, 1]``)
+            are fine. A leaf that requires grad raises ``RuntimeError`` unless grad is disabled,
+            as torch's own in-place ops do.
         kept_indices: ``[N']`` int64 (or int32), strictly ascending, in ``[0, B)`` --
             ``topk_prune(...).kept_indices``. On the tensors' device.
         batch_dim: the row dim, one for all tensors or one per tensor (negative counts from the end).
@@ -80,13 +97,15 @@ def compact_kv_cache_(
     tensors = [cache] if single else _tensor_list(cache)
     batch_dims = _batch_dims(batch_dim, tensors)
     kept_indices = _check_kept_indices(kept_indices, tensors, batch_dims, validate)
-    for tensor, dim in zip(tensors, batch_dims):
-        row_layout(tensor, dim)  # every layout is checked before any tensor is touched
+    # Everything is checked before any tensor is touched.
+    for i, (tensor, dim) in enumerate(zip(tensors, batch_dims)):
+        _check_writable(f"cache[{i}]", tensor)
+        row_layout(tensor, dim)
+    to_compact = _distinct_tensors(tensors, batch_dims, kept_indices)
     num_kept = kept_indices.numel()
-    views = []
-    for tensor, dim in zip(tensors, batch_dims):
-        torch.ops.specdecode.compact_kv_(tensor, kept_indices, dim)
-        views.append(tensor.narrow(dim, 0, num_kept))
+    for i in to_compact:
+        torch.ops.specdecode.compact_kv_(tensors[i], kept_indices, batch_dims[i])
+    views = [tensor.narrow(dim, 0, num_kept) for tensor, dim in zip(tensors, batch_dims)]
     return views[0] if single else views
 
 
@@ -97,6 +116,34 @@ def _tensor_list(cache) -> list[torch.Tensor]:
         if not isinstance(item, torch.Tensor):
             raise TypeError(f"cache[{i}] must be a torch.Tensor, got {type(item).__name__}")
     return list(cache)
+
+
+def _distinct_tensors(tensors: list[torch.Tensor], batch_dims: list[int], kept_indices: torch.Tensor) -> list[int]:
+    """Positions of the tensors to compact: an exact duplicate (same memory, layout, dtype and
+    batch dim) is compacted once -- twice would move its rows twice. Tensors that share memory
+    otherwise (a transpose, an overlapping slice, the indices themselves) raise ``ValueError``."""
+    distinct: list[int] = []
+    for i, (tensor, dim) in enumerate(zip(tensors, batch_dims)):
+        if may_share_memory(tensor, kept_indices):
+            raise ValueError(f"cache[{i}] shares memory with kept_indices: compacting it would rewrite the indices")
+        duplicate = False
+        for j in distinct:
+            if not may_share_memory(tensor, tensors[j]):
+                continue
+            if _same_view(tensor, tensors[j]) and dim == batch_dims[j]:
+                duplicate = True
+                break
+            raise ValueError(
+                f"cache[{j}] and cache[{i}] share memory but are not the same view along the same batch dim "
+                "(e.g. a tensor and its transpose or an overlapping slice): compacting both would move rows twice"
+            )
+        if not duplicate:
+            distinct.append(i)
+    return distinct
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _batch_dims(batch_dim, tensors: list[torch.Tensor]) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from specdecode.core import RejectionOutput, is_int
+from specdecode.core import RejectionOutput, check_same_device, is_int
 
 __all__ = ["rejection_sample", "RejectionSampler", "RejectionOutput"]
 
@@ -20,9 +20,22 @@ _SEED_RANGE = 2**62  # seeds drawn from a generator: any non-negative int64 belo
 _lib = torch.library.Library("specdecode", "IMPL")
 
 
+def _check_devices(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets) -> None:
+    check_same_device(
+        "rejection_sample",
+        draft_token_ids=draft_token_ids,
+        draft_probs=draft_probs,
+        target_probs=target_probs,
+        greedy=greedy,
+        seeds=seeds,
+        offsets=offsets,
+    )
+
+
 def _rejection_sample_cuda(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets):
     from specdecode.kernels.rejection_sample import rejection_sample as launch
 
+    _check_devices(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets)
     with torch.cuda.device(target_probs.device):
         return launch(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets)
 
@@ -32,6 +45,7 @@ _lib.impl("rejection_sample", _rejection_sample_cuda, "CUDA")
 
 @torch.library.register_fake("specdecode::rejection_sample")
 def _rejection_sample_fake(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets):
+    _check_devices(draft_token_ids, draft_probs, target_probs, greedy, seeds, offsets)
     batch_size, num_drafts = draft_token_ids.shape
     return (draft_token_ids.new_empty((batch_size, num_drafts + 1)), draft_token_ids.new_empty((batch_size,)))
 
@@ -164,7 +178,15 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
 
 
 def _unit_stride_in_vocab(probs: torch.Tensor) -> torch.Tensor:
-    return probs if probs.stride(-1) == 1 else probs.contiguous()
+    # V = 1: the vocabulary dim's stride addresses nothing, so any stride streams.
+    return probs if probs.stride(-1) == 1 or probs.shape[-1] == 1 else probs.contiguous()
+
+
+def _on_device(name: str, value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensors move to ``device`` (small per-row values); any other device is an error."""
+    if value.device != device and value.device.type != "cpu":
+        raise ValueError(f"{name} is on {value.device} but target_probs is on {device}")
+    return value.to(device)
 
 
 def _greedy_mask(greedy, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -176,7 +198,7 @@ def _greedy_mask(greedy, batch_size: int, device: torch.device) -> torch.Tensor:
         raise ValueError(
             f"greedy must be a [B] = [{batch_size}] bool tensor; got {greedy.dtype} of shape {list(greedy.shape)}"
         )
-    return greedy.to(device).contiguous()
+    return _on_device("greedy", greedy, device).contiguous()
 
 
 def _per_row_int64(name: str, value, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -191,7 +213,7 @@ def _per_row_int64(name: str, value, batch_size: int, device: torch.device) -> t
         raise ValueError(
             f"{name} must be a [B] = [{batch_size}] int64 tensor; got {value.dtype} of shape {list(value.shape)}"
         )
-    return value.to(device=device, dtype=torch.int64).contiguous()
+    return _on_device(name, value, device).to(torch.int64).contiguous()
 
 
 def _seeds(generator, seed, batch_size: int, device: torch.device) -> torch.Tensor:

@@ -25,7 +25,7 @@ from numbers import Real
 
 import torch
 
-from specdecode.core import PruneResult, is_int, num_keep_from_alpha
+from specdecode.core import PruneResult, check_int, check_same_device, is_int, num_keep_from_alpha
 
 __all__ = ["topk_prune", "kept_indices_from_mask", "num_keep_from_alpha", "PruneResult", "RewardPruner"]
 
@@ -38,6 +38,7 @@ _lib = torch.library.Library("specdecode", "IMPL")
 def _topk_prune_cuda(rewards, group_sizes, num_keep):
     from specdecode.kernels.topk_prune import topk_prune as launch
 
+    check_same_device("topk_prune", rewards=rewards, group_sizes=group_sizes, num_keep=num_keep)
     with torch.cuda.device(rewards.device):
         return launch(rewards, group_sizes, num_keep)
 
@@ -47,6 +48,7 @@ _lib.impl("topk_prune", _topk_prune_cuda, "CUDA")
 
 @torch.library.register_fake("specdecode::topk_prune")
 def _topk_prune_fake(rewards, group_sizes, num_keep):
+    check_same_device("topk_prune", rewards=rewards, group_sizes=group_sizes, num_keep=num_keep)
     return torch.empty_like(rewards, dtype=torch.bool)
 
 
@@ -98,8 +100,12 @@ def kept_indices_from_mask(keep_mask: torch.Tensor, num_kept: int) -> torch.Tens
     """``[num_kept]`` int64 ascending indices of the True entries of a ``[N]`` bool mask, with
     the count given by the caller (``sum(num_keep)``), so no host sync and a static shape on a
     device (entries past the real count would be -1). On the host the count is checked."""
+    if not isinstance(keep_mask, torch.Tensor):
+        raise TypeError(f"keep_mask must be a torch.Tensor, got {type(keep_mask).__name__}")
     if keep_mask.dtype != torch.bool or keep_mask.dim() != 1:
         raise ValueError(f"keep_mask must be a 1-D bool tensor; got {keep_mask.dtype} of shape {list(keep_mask.shape)}")
+    if not isinstance(num_kept, torch.SymInt):  # a traced count is an int once the graph runs
+        check_int("num_kept", num_kept)
     if not 0 <= num_kept <= keep_mask.numel():
         raise ValueError(f"num_kept = {num_kept} is outside [0, N = {keep_mask.numel()}]")
     if keep_mask.device.type == "cpu":  # no sync to avoid on the host, and nonzero is faster there
@@ -154,6 +160,8 @@ def _check_int_tensor(name: str, value: torch.Tensor) -> None:
 def _host_ints(name: str, value) -> list[int]:
     if isinstance(value, torch.Tensor):
         _check_int_tensor(name, value)
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is on meta: its values are needed (on the host) to size kept_indices")
         return value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{name} must be a 1-D int tensor or a sequence of ints, got {type(value).__name__}")
