@@ -301,12 +301,10 @@ def losses_at_equal_tokens(rows: list[tuple[float, int]]) -> list[tuple[int, int
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation; NaN for fewer than 3 points or a constant side."""
     if len(xs) < 3:
         return math.nan
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+    return float(torch.corrcoef(torch.tensor([xs, ys], dtype=torch.float64))[0, 1])
 
 
 def partial_final_correlation(pruned_run, full_run) -> float:

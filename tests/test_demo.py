@@ -136,6 +136,14 @@ def tiny_run(tiny_pair):
     return printed.getvalue(), rows, (threads, torch.get_num_threads())
 
 
+def test_pearson():
+    assert demo._pearson([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx(1.0)
+    assert demo._pearson([1.0, 2.0, 3.0], [3.0, 1.0, -1.0]) == pytest.approx(-1.0)
+    assert demo._pearson([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx(0.8)
+    assert math.isnan(demo._pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))  # a constant side
+    assert math.isnan(demo._pearson([1.0, 2.0], [1.0, 2.0]))  # too few points
+
+
 def test_per_prompt_counts():
     assert demo._per_prompt([8, 8, 8, 8]) == "8"
     assert demo._per_prompt([16, 15, 16, 16]) == "16/15/16/16"
