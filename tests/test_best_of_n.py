@@ -86,6 +86,7 @@ def test_compacted_survivors_logits_equal_recomputation():
     cand_before, seq_before = batch.cand[kept].clone(), batch.state.tokens[kept].clone()
     batch.compact_(kept)
     assert torch.equal(batch.cand, cand_before) and torch.equal(batch.state.tokens, seq_before)
+    assert torch.equal(batch.cache.lengths[: batch.size], batch.state.lengths - 1)  # compacted with the rows
     torch.testing.assert_close(
         batch.logits, full_next_logits(model, batch.state.tokens, batch.state.lengths), rtol=0, atol=1e-10
     )
@@ -436,6 +437,13 @@ def test_bad_arguments_raise_clear_errors():
         (dict(prompts=[]), ValueError, "non-empty"),
         (dict(reward_batch_size=0), ValueError, "reward_batch_size"),
         (dict(reward=lambda tokens, lengths: torch.zeros(2)), ValueError, "must return a \\[12\\] float tensor"),
+        (dict(temperature=float("nan")), ValueError, "temperature must be a number >= 0"),
+        (dict(prompts=torch.tensor([[1.0, 2.0]])), TypeError, "prompts must hold integer token ids"),
+        (dict(prompts=[[256, 300]]), ValueError, "prompts: token id 300 is outside"),
+        (dict(prompts=torch.tensor([[-2, 5]])), ValueError, "prompts: token id -2 is outside"),
+        (dict(reward_batch_size=2.0), TypeError, "reward_batch_size must be an int"),
+        (dict(eos_id="eos"), TypeError, "eos_id must be an int"),
+        (dict(decision_tokens=None, memory_budget=1e9), ValueError, "memory_budget must be a positive int"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):

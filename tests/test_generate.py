@@ -12,9 +12,11 @@ import math
 import pytest
 import torch
 
-from specdecode.decoder.generate import encode_prompts, generate, speculative_generate
+from specdecode.decoder.generate import commit_verified_, generate, prefill, propose, speculative_generate, verify
 from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.decoder.state import DecodeState, SamplingSettings, encode_prompts
 from specdecode.decoder.tokenizer import PAD_ID, VOCAB_SIZE
+from specdecode.ops.rejection_sample import rejection_sample
 
 PROMPTS = ["def main():\n", "import", "x", "class Foo(object):\n    def __init__"]
 FALSE_ALARM_RATE = 1e-3  # per chi-square test: with a correct sampler it fails on 1 seed in 1000
@@ -227,3 +229,106 @@ def test_shipped_pair_loads_and_decodes_losslessly():
     spec = sd.speculative_generate(target, draft, prompts, 24, num_draft_tokens=4, eos_id=None)
     assert torch.equal(spec.tokens, plain.tokens)
     assert spec.stats["acceptance_rate"] > 0.3
+
+
+# ---- bad input: a clear error naming the argument ---------------------------------------------
+
+BAD_GENERATION_ARGS = [
+    # (keyword overrides, exception, the argument the message must name)
+    (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature=True), ValueError, "temperature"),
+    (dict(max_new_tokens=2.5), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
+    (dict(prompts=torch.tensor([[256.0, 97.0]])), TypeError, "prompts"),
+    (dict(prompts=torch.tensor([[True, False]])), TypeError, "prompts"),
+    (dict(prompts=[[256, 97.5]]), TypeError, "prompts"),
+    (dict(prompts=[[256, "a"]]), TypeError, "prompts"),
+    (dict(prompts=[[256, VOCAB_SIZE]]), ValueError, "prompts"),
+    (dict(prompts=torch.tensor([[256, -1]])), ValueError, "prompts"),
+    (dict(prompts=torch.tensor([256, 97])), ValueError, "prompts"),
+    (dict(generator=0), TypeError, "generator"),
+    (dict(eos_id=2.0), TypeError, "eos_id"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, argument", BAD_GENERATION_ARGS)
+@pytest.mark.parametrize("speculative", [False, True])
+def test_bad_generation_arguments_name_the_argument(pair, kwargs, error, argument, speculative):
+    target, draft = pair
+    call = {**dict(prompts=PROMPTS[:2], max_new_tokens=4, temperature=0.5), **kwargs}
+    given = {k: v.clone() for k, v in call.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(error, match=argument):
+        if speculative:
+            speculative_generate(target, draft, **call)
+        else:
+            generate(target, **call)
+    for name, before in given.items():
+        assert torch.equal(call[name], before), f"{name} was modified"
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, argument",
+    [
+        (dict(num_draft_tokens=2.0), TypeError, "num_draft_tokens"),
+        (dict(num_draft_tokens=True), TypeError, "num_draft_tokens"),
+        (dict(target=object()), TypeError, "target"),
+        (dict(draft="draft"), TypeError, "draft"),
+    ],
+)
+def test_bad_speculative_arguments_name_the_argument(pair, kwargs, error, argument):
+    target, draft = pair
+    with pytest.raises(error, match=argument):
+        speculative_generate(**{**dict(target=target, draft=draft, prompts=PROMPTS, max_new_tokens=4), **kwargs})
+
+
+def test_prompt_ids_in_range_pass_the_check(pair):
+    """The vocabulary check is not off by one: the largest id and 0 are fine, and the PAD that pads
+    a short prompt is not checked against a small vocabulary."""
+    target, _ = pair
+    out = generate(target, [[0, VOCAB_SIZE - 1]], 3, eos_id=None)
+    assert out.num_tokens.tolist() == [3]
+    small, _ = tiny_pair(vocab_size=8)
+    ids, lengths = encode_prompts([[1, 2, 3], [4]], vocab_size=8)
+    assert ids.tolist() == [[1, 2, 3], [4, PAD_ID, PAD_ID]] and lengths.tolist() == [3, 1]
+    assert generate(small, [[0, 7], [7, 0]], 2, eos_id=None).num_tokens.tolist() == [2, 2]
+
+
+# ---- the decode state keeps every cache's lengths true -----------------------------------------
+
+
+@torch.no_grad()
+def assert_cache_holds_committed_tokens(model, cache, state, trail):
+    """``cache.lengths`` is ``lengths - trail`` (at least 0), and every position below it holds the
+    K/V a fresh prefill of the row's committed tokens writes there."""
+    expected_lengths = (state.lengths - trail).clamp_min(0)
+    assert torch.equal(cache.lengths[: state.batch_size], expected_lengths)
+    for b in range(state.batch_size):
+        held = int(expected_lengths[b])
+        fresh = model.new_cache(1)
+        model(state.tokens[b : b + 1, :held], cache=fresh)
+        for cached, recomputed in zip(cache.tensors(), fresh.tensors()):
+            torch.testing.assert_close(cached[b, :held], recomputed[0, :held], rtol=0, atol=1e-10)
+
+
+@torch.no_grad()
+def test_speculative_steps_keep_cache_lengths_true(pair):
+    """Run the speculative loop's steps by hand over ragged rows with EOS freezing some of them:
+    after every commit the target's cache length is ``n - 1`` and the draft's ``n - 2``, and the
+    positions below hold exactly the committed tokens' K/V (rejected drafts are beyond them)."""
+    target, draft = pair
+    sampling = SamplingSettings(temperature=0.0, eos_id=int(generate(target, PROMPTS, 4, eos_id=None).tokens[1, 3]))
+    ids, prompt_lengths = encode_prompts(PROMPTS)
+    K, width = 3, 80
+    caches = [target.new_cache(len(PROMPTS), width), draft.new_cache(len(PROMPTS), width)]
+    state = DecodeState.start(ids, prompt_lengths, width + K + 1, caches, trails=[1, 2])
+    prefill(target, caches[0], ids)
+    prefill(draft, caches[1], ids)
+    rejected_some = False
+    for _ in range(6):
+        draft_ids, draft_probs = propose(draft, caches[1], state, K, sampling)
+        out = rejection_sample(draft_ids, None, verify(target, caches[0], state, draft_ids, sampling), greedy=True)
+        rejected_some |= bool((out.num_accepted < K).any())
+        commit_verified_(state, out, sampling.eos_id, max_new_tokens=40)
+        assert_cache_holds_committed_tokens(target, caches[0], state, trail=1)
+        assert_cache_holds_committed_tokens(draft, caches[1], state, trail=2)
+    assert rejected_some and not bool(state.active.all())  # rollbacks and a frozen row both ran
