@@ -1,0 +1,277 @@
+"""specdecode.integrations.transformers on tiny random-config Llama models (no download).
+
+Greedy runs must equal ``target.generate(do_sample=False)`` token for token; sampled runs must
+follow the target's own (temperature/top-k/top-p processed) distribution -- chi-square at a
+stated false-alarm rate, with a power check that a wrong verifier fails the same test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the Hugging Face integration needs transformers (the `hf` extra)")
+
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E402
+
+import specdecode.integrations.transformers as hf  # noqa: E402
+from specdecode.core import RejectionOutput  # noqa: E402
+from specdecode.ops.rejection_sample import rejection_sample  # noqa: E402
+from tests.stats import assert_fits  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB = 512
+FALSE_ALARM_RATE = 1e-3
+
+
+def tiny_config(vocab_size: int = VOCAB) -> LlamaConfig:
+    # initializer_range 0.2 (not HF's 0.02) gives peaked next-token distributions, so a draft
+    # close to the target is accepted often and greedy decisions are rarely near-ties. No
+    # eos/bos: generate() must not stop on a default EOS the test did not ask for.
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+
+
+def perturbed_copy(model: LlamaForCausalLM, noise: float, vocab_size: int = VOCAB, seed: int = 1) -> LlamaForCausalLM:
+    """A draft: the target's weights plus relative Gaussian noise (the rows of ids the target
+    lacks, if ``vocab_size`` is larger, stay random)."""
+    torch.manual_seed(seed)
+    draft = LlamaForCausalLM(tiny_config(vocab_size)).eval()
+    with torch.no_grad():
+        for mine, theirs in zip(draft.parameters(), model.parameters()):
+            rows = min(mine.shape[0], theirs.shape[0])
+            mine[:rows] = theirs[:rows].float() + noise * theirs.float().std() * torch.randn_like(mine[:rows])
+    return draft
+
+
+@pytest.fixture(scope="module")
+def target() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def draft(target) -> LlamaForCausalLM:
+    return perturbed_copy(target, noise=0.02)
+
+
+def left_padded_prompts(batch_size: int, length: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, length]`` prompts of different lengths (row b has ``2 b`` pads at the left)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch_size, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row in range(batch_size):
+        mask[row, : min(2 * row, length - 1)] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def bf16_near_ties(scores: torch.Tensor, ulps: int = 1) -> torch.Tensor:
+    """``[B, T]`` bool: greedy decisions whose top-2 logits are within ``ulps`` bf16 ulps (of the
+    top logit). Such a decision can flip when the target's bf16 forward over K+1 tokens rounds
+    differently from generate's one-token forward -- an artefact of the target's arithmetic, not
+    of the verifier."""
+    top2 = scores.float().topk(2, -1).values
+    ulp = torch.finfo(torch.bfloat16).eps * torch.exp2(torch.floor(torch.log2(top2[..., 0].abs())))
+    return (top2[..., 0] - top2[..., 1]) <= ulps * ulp
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy: token for token what target.generate(do_sample=False) returns
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_generate(target, ids, mask, max_new_tokens, eos_token_id=None):
+    return target.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("with_eos", [False, True])
+def test_greedy_equals_generate_float32(target, draft, batch_size, with_eos):
+    ids, mask = left_padded_prompts(batch_size)
+    eos = None
+    if with_eos:  # an id the first row emits mid-way: that row stops there, the others may not
+        eos = int(reference_generate(target, ids, mask, 20).sequences[0, ids.shape[1] + 6])
+    expected = reference_generate(target, ids, mask, 20, eos).sequences
+    out = hf.speculative_generate(
+        target, draft, ids, mask, num_draft_tokens=4, max_new_tokens=20, eos_token_id=eos, pad_token_id=0
+    )
+    assert out.sequences.tolist() == expected.tolist()
+    assert out.stats["mean_accepted_length"] > 2  # the drafts were mostly accepted: multi-token steps ran
+    assert out.stats["target_forwards"] <= 1 + 20 // 2  # prefill + steps: far fewer than generate's 20
+    if with_eos:
+        assert (out.sequences[0, ids.shape[1] + 7 :] == 0).all() and out.num_new_tokens[0] == 7
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("with_eos", [False, True])
+def test_greedy_equals_generate_bf16_target_fp32_draft(target, draft, batch_size, with_eos):
+    target_bf16 = LlamaForCausalLM(tiny_config()).eval()
+    target_bf16.load_state_dict(target.state_dict())
+    target_bf16.to(torch.bfloat16)
+    ids, mask = left_padded_prompts(batch_size, seed=1)
+    eos = None
+    if with_eos:
+        eos = int(reference_generate(target_bf16, ids, mask, 20).sequences[0, ids.shape[1] + 5])
+    expected = reference_generate(target_bf16, ids, mask, 20, eos)
+    out = hf.speculative_generate(
+        target_bf16, draft, ids, mask, num_draft_tokens=4, max_new_tokens=20, eos_token_id=eos, pad_token_id=0
+    )
+    # Each row equals generate's up to its end, or up to a divergence that starts at a bf16
+    # near-tie of generate's own logits (and then may continue differently).
+    near_ties = bf16_near_ties(torch.stack(expected.scores, 1))
+    prompt_len, identical_rows = ids.shape[1], 0
+    for row in range(batch_size):
+        got, want = out.sequences[row, prompt_len:].tolist(), expected.sequences[row, prompt_len:].tolist()
+        first_difference = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+        if first_difference is None:
+            assert len(got) == len(want) or with_eos, (got, want)
+            identical_rows += len(got) == len(want)
+        else:
+            assert near_ties[row, first_difference], f"row {row} diverges at step {first_difference}: not a near-tie"
+    assert identical_rows >= batch_size * 3 / 4, f"only {identical_rows} of {batch_size} rows identical"
+
+
+def test_draft_with_padded_vocabulary(target):
+    """A draft with 520 ids against a 512-id target: the extra ids get zero mass (the draft never
+    proposes them) and greedy output is still the target's."""
+    draft = perturbed_copy(target, noise=0.02, vocab_size=VOCAB + 8)
+    ids, mask = left_padded_prompts(4)
+    expected = reference_generate(target, ids, mask, 12).sequences
+    out = hf.speculative_generate(target, draft, ids, mask, num_draft_tokens=3, max_new_tokens=12)
+    assert out.sequences.tolist() == expected.tolist()
+    assert out.stats["mean_accepted_length"] > 2
+
+
+def test_ragged_acceptance_keeps_the_cache_bounded(target):
+    """A poor draft (rows accept 0..K drafts per step): dead slots are repacked, the cache stays
+    within longest row + 2 (K + 1) columns, and the output is still generate's."""
+    draft = perturbed_copy(target, noise=0.05)
+    ids, mask = left_padded_prompts(4)
+    k, max_new_tokens = 4, 48
+    expected = reference_generate(target, ids, mask, max_new_tokens).sequences
+    out = hf.speculative_generate(target, draft, ids, mask, num_draft_tokens=k, max_new_tokens=max_new_tokens)
+    assert out.sequences.tolist() == expected.tolist()
+    stats = out.stats
+    hist = stats["accepted_hist"]
+    assert int((hist > 0).sum()) >= 2, f"acceptance was not ragged: {hist.tolist()}"
+    assert stats["repacks"] >= 1
+    assert stats["max_dead_columns"] <= 2 * (k + 1) + k
+    assert stats["cache_length"] <= ids.shape[1] + max_new_tokens + 2 * (k + 1) + k
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: the first and second new tokens follow the target's own distribution
+# ---------------------------------------------------------------------------------------------
+
+SAMPLING = hf.SamplingConfig(do_sample=True, temperature=0.8, top_k=40, top_p=0.95)
+
+
+@torch.no_grad()
+def target_first_two_distributions(target, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``[V]`` marginals of the first and second new token under ``SAMPLING``:
+    ``p1 = p(. | prompt)``, ``p2 = sum_t p1(t) p(. | prompt, t)`` (one forward over all V continuations)."""
+    first = SAMPLING.probs(target(prompt[None]).logits[0, -1], VOCAB).double()
+    continued = torch.cat([prompt.expand(VOCAB, -1), torch.arange(VOCAB)[:, None]], 1)
+    second_given_first = SAMPLING.probs(target(continued).logits[:, -1], VOCAB).double()
+    return first, first @ second_given_first
+
+
+def first_two_token_counts(target, draft, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    prompt = left_padded_prompts(1, seed=3)[0][0]
+    ids = prompt.expand(num_samples, -1).contiguous()
+    out = hf.speculative_generate(
+        target,
+        draft,
+        ids,
+        num_draft_tokens=2,
+        max_new_tokens=2,
+        do_sample=True,
+        temperature=SAMPLING.temperature,
+        top_k=SAMPLING.top_k,
+        top_p=SAMPLING.top_p,
+        seed=seed,
+    )
+    new = out.sequences[:, ids.shape[1] :]
+    return torch.bincount(new[:, 0], minlength=VOCAB), torch.bincount(new[:, 1], minlength=VOCAB)
+
+
+def accept_every_draft(draft_token_ids, draft_probs, target_probs, **kwargs) -> RejectionOutput:
+    """A wrong verifier: accepts every draft (so the tokens follow the draft), then the target's
+    argmax. Without drafts (the first token, read off the prefill) it is the real verifier."""
+    if draft_token_ids.shape[1] == 0:
+        return rejection_sample(draft_token_ids, draft_probs, target_probs, **kwargs)
+    bonus = target_probs[:, -1].argmax(-1, keepdim=True)
+    num_accepted = torch.full((draft_token_ids.shape[0],), draft_token_ids.shape[1], dtype=torch.int64)
+    return RejectionOutput(torch.cat([draft_token_ids, bonus], 1), num_accepted)
+
+
+def check_first_two_tokens(target, num_samples: int, monkeypatch) -> None:
+    # A draft far enough from the target that sampling it is detectably wrong (power check).
+    draft = perturbed_copy(target, noise=0.5)
+    prompt = left_padded_prompts(1, seed=3)[0][0]
+    p1, p2 = target_first_two_distributions(target, prompt)
+    first, second = first_two_token_counts(target, draft, num_samples, seed=7)
+    assert_fits(first, p1, FALSE_ALARM_RATE, "first new token")
+    assert_fits(second, p2, FALSE_ALARM_RATE, "second new token")
+    monkeypatch.setattr(hf, "rejection_sample", accept_every_draft)
+    _, wrong_second = first_two_token_counts(target, draft, num_samples, seed=7)
+    with pytest.raises(AssertionError, match="second new token"):
+        assert_fits(wrong_second, p2, FALSE_ALARM_RATE, "second new token")
+
+
+def test_sampling_is_lossless(target, monkeypatch):
+    check_first_two_tokens(target, 2000, monkeypatch)
+
+
+@pytest.mark.slow
+def test_sampling_is_lossless_many_samples(target, monkeypatch):
+    check_first_two_tokens(target, 20000, monkeypatch)
+
+
+# ---------------------------------------------------------------------------------------------
+# compact_hf_cache_
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+def test_compacted_cache_gives_the_survivors_logits(target, cache_kind):
+    """Prefill 5 rows, keep rows 1, 3, 4: the next forward over the compacted cache gives the
+    logits a fresh prefill of those rows alone gives."""
+    ids = torch.randint(3, VOCAB, (5, 6), generator=torch.Generator().manual_seed(5))
+    next_ids = torch.randint(3, VOCAB, (5, 1), generator=torch.Generator().manual_seed(6))
+    if cache_kind == "dynamic":
+        cache = DynamicCache(config=target.config)
+        target(ids, past_key_values=cache)
+        cache.crop(-1)  # the layers now hold strided views, as after a rejected draft
+        ids = ids[:, :-1]
+    else:
+        cache = StaticCache(config=target.config, max_cache_len=16)
+        target(ids, past_key_values=cache)
+    kept = torch.tensor([1, 3, 4])
+    (kept_next,) = hf.compact_hf_cache_(cache, kept, extra=[next_ids.clone()])
+    assert kept_next.tolist() == next_ids[kept].tolist()
+    assert all(layer.keys.shape[0] == 3 for layer in cache.layers)
+    got = target(kept_next, past_key_values=cache).logits[:, -1]
+    expected = target(torch.cat([ids[kept], next_ids[kept]], 1)).logits[:, -1]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
