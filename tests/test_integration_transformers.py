@@ -14,6 +14,7 @@ pytest.importorskip("transformers", reason="the Hugging Face integration needs t
 
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E402
 
+import specdecode.integrations.hf_speculative as hf_speculative  # noqa: E402
 import specdecode.integrations.transformers as hf  # noqa: E402
 from specdecode.core import RejectionOutput  # noqa: E402
 from specdecode.ops.rejection_sample import rejection_sample  # noqa: E402
@@ -233,7 +234,7 @@ def check_first_two_tokens(target, num_samples: int, monkeypatch) -> None:
     first, second = first_two_token_counts(target, draft, num_samples, seed=7)
     assert_fits(first, p1, FALSE_ALARM_RATE, "first new token")
     assert_fits(second, p2, FALSE_ALARM_RATE, "second new token")
-    monkeypatch.setattr(hf, "rejection_sample", accept_every_draft)
+    monkeypatch.setattr(hf_speculative, "rejection_sample", accept_every_draft)
     _, wrong_second = first_two_token_counts(target, draft, num_samples, seed=7)
     with pytest.raises(AssertionError, match="second new token"):
         assert_fits(wrong_second, p2, FALSE_ALARM_RATE, "second new token")
