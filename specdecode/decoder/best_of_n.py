@@ -1,4 +1,8 @@
-"""Best-of-N and Speculative Rejection (arXiv 2410.20290) for many prompts in one batch.
+"""Best-of-N and Speculative Rejection for many prompts in one batch.
+
+Speculative Rejection is from "Fast Best-of-N Decoding via Speculative Rejection" (Sun et al.,
+arXiv 2410.20290): decode many candidates, and at decision points stop those whose partial
+reward ranks low, so the compute goes to the promising ones.
 
 Both run on one engine, ``CandidateBatch``: the live candidates of every prompt are the rows of
 one dense batch over one static KV cache (``specdecode.decoder.model``), grouped by prompt and in
@@ -16,7 +20,8 @@ candidate order. Per prompt::
     finally: score every finished row; per prompt return the best.
 
 Nothing is re-prefilled and no text is re-tokenised: a survivor's cache rows move, its
-positions do not (contrast the reference code, specrej.md §1.6).
+positions do not (the authors' released implementation instead re-prefills every survivor from
+its decoded text after each round).
 
 **Randomness, per candidate.** Candidate ``j`` of prompt ``g`` draws its token at step ``t`` by
 inverse CDF from a uniform ``U(seed, g, j, t)``: Philox4x32-10 (counter-based, as in
@@ -52,8 +57,8 @@ rounding of a CDF step.)
 unfinished live rows keeps ``max(1, ceil((1 - alpha) * m_g))`` of them (exact decimal rounding,
 ``topk_prune``'s rule: alpha = 0.7 of 10 keeps 3), so ``alpha = 0`` prunes nothing and
 ``alpha = 1`` keeps one per prompt. Finished rows are not in the pool: they cost no compute, take
-no keep slot, and stay eligible for the final argmax (the reference code ranks them together
-with the unfinished ones, specrej.md §1.4; here keeping them is free).
+no keep slot, and stay eligible for the final argmax (the authors' released implementation ranks
+them together with the unfinished ones; here keeping them is free).
 
 **Ties and NaN** (pruning and the final choice): the higher reward wins; equal rewards go to the
 lower candidate index; NaN ranks below every number (``topk_prune``'s order). Rewards are

@@ -14,8 +14,9 @@ place that calls a reward: it chunks large batches and checks what comes back.
 Built in:
 
 - ``LogLikelihoodReward(model)``: the mean log-likelihood of the response under ``model`` at
-  temperature 1 -- the seed's "maximise the generation probability" setting (Table 2: lower
-  perplexity is better; ``exp(-reward)`` is the response's perplexity).
+  temperature 1 -- the reward of the experiment that maximises the probability of the generated
+  response in "Fast Best-of-N Decoding via Speculative Rejection" (arXiv 2410.20290, its Table 2:
+  lower perplexity is better; ``exp(-reward)`` is the response's perplexity).
 - ``RewardModel``: a small Transformer with a scalar head on the last token. Randomly initialised
   it is a **stand-in** for a real reward model (its scores mean nothing); it shows the shapes,
   the cost of a separate scoring network, and the plumbing. ``RewardModel.from_language_model``
@@ -95,9 +96,11 @@ def response_token_logprobs(
 
 
 class LogLikelihoodReward:
-    """Mean log-likelihood of the response under ``model`` (temperature 1), the seed's "maximise
-    generation probability" reward: ``mean_j log p(y_j | prompt, y_<j)`` over the response
-    tokens so far (EOS included once emitted). A row with no response token scores 0.
+    """Mean log-likelihood of the response under ``model`` (temperature 1), the reward of the
+    experiment that maximises the probability of the generated response in "Fast Best-of-N
+    Decoding via Speculative Rejection" (arXiv 2410.20290, Table 2): ``mean_j log p(y_j | prompt,
+    y_<j)`` over the response tokens so far (EOS included once emitted). A row with no response
+    token scores 0.
 
     When ``best_of_n``/``speculative_rejection`` generate with this same ``model``, they read the
     reward from the log-probabilities already computed while decoding (``running_sums=True``,

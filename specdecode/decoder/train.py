@@ -40,6 +40,9 @@ the draft in float32 0.30 ms: about 39x apart.
 (An earlier shipped pair had a 4.4M-parameter float32 target, 6 layers of dim 256: its forward
 was dominated by per-operation overhead, only 9x the draft's and 1.3x dearer for 6 tokens than
 for 1, which capped speculative decoding at 1.9x on this CPU.)
+
+Training calls no ``specdecode`` op, but importing this module, like any part of the package,
+loads the compiled extension (``specdecode/__init__.py`` imports it for the op schemas).
 """
 
 from __future__ import annotations
@@ -55,10 +58,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from specdecode.decoder.generate import WEIGHTS_DIR, load_pretrained
 from specdecode.decoder.model import ModelConfig, Transformer
 from specdecode.decoder.tokenizer import BOS_ID, EOS_ID
-
-WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
 # Sizes chosen so that the pair sits in the regime speculative decoding is for: the target's
 # forward (22M params, run in bf16) is bound by streaming its 45 MB of weights, so a (K+1)-token
@@ -191,10 +193,6 @@ def main(argv: list[str] | None = None) -> dict:
     data_gen = torch.Generator().manual_seed(args.seed)
     train_data, val_data, info = load_corpus()
     if args.continue_from:
-        from specdecode.decoder.generate import (
-            load_pretrained,  # here: generate imports the ops, training does not need them
-        )
-
         target, draft = load_pretrained(weights_dir=args.continue_from)
         draft.train()
         info = dict(target.training_info)
