@@ -1,8 +1,9 @@
 """Tables (text and markdown) and figures for the benchmark report.
 
 Tables need nothing beyond the standard library. Figures need matplotlib (``pip install -e
-.[bench]``); without it every ``plot_*`` function returns ``None`` and the report keeps its tables.
-Each ``plot_*`` takes plain Python data (lists and dicts), writes one PNG and returns its path.
+.[bench]``); without it, or given ``path=None``, every ``plot_*`` function returns ``None`` and the report keeps
+its tables. Each ``plot_*`` takes plain Python data (lists and dicts), writes one PNG and returns its
+path.
 """
 
 from __future__ import annotations
@@ -42,25 +43,13 @@ def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def parse_markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
-    """Every ``| a | b |`` table in printed text, as (header, rows) of strings."""
-    tables, current = [], []
-    for line in text.splitlines() + [""]:
-        stripped = line.strip()
-        if stripped.startswith("|") and stripped.endswith("|"):
-            current.append([c.strip() for c in stripped.strip("|").split("|")])
-            continue
-        if len(current) >= 2:
-            body = [r for r in current[1:] if not all(set(c) <= set("-: ") for c in r)]
-            tables.append((current[0], body))
-        current = []
-    return tables
-
-
 # ----------------------------------------------------------------------------- figures
 
 
-def _pyplot():
+def _pyplot(path: str | None = ""):
+    """matplotlib's pyplot, or None without matplotlib or without a ``path`` to write to."""
+    if path is None:
+        return None
     try:
         import matplotlib
 
@@ -97,10 +86,10 @@ def _plain_log_labels(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def plot_seed_bars(pairs: list[dict], path: str, top: int = 30) -> str | None:
+def plot_seed_bars(pairs: list[dict], path: str | None, top: int = 30) -> str | None:
     """Seed 2's figure: per (p, q) pair, bars of target q (blue), draft p (green) and the
     empirical frequency of the speculative samples (orange) over the ``top`` tokens by max(p, q)."""
-    plt = _pyplot()
+    plt = _pyplot(path)
     if plt is None or not pairs:
         return None
     cols = 2
@@ -135,10 +124,10 @@ def plot_seed_bars(pairs: list[dict], path: str, top: int = 30) -> str | None:
     return _save(fig, path)
 
 
-def plot_e2e_throughput(rows: list[dict], path: str) -> str | None:
+def plot_e2e_throughput(rows: list[dict], path: str | None) -> str | None:
     """Tokens/s vs K, one line per (batch, temperature); plain decoding as dashed lines.
     ``rows``: dicts with batch, temperature, k (0 = plain), tokens_per_s."""
-    plt = _pyplot()
+    plt = _pyplot(path)
     if plt is None or not rows:
         return None
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -175,9 +164,9 @@ def plot_e2e_throughput(rows: list[dict], path: str) -> str | None:
     return _save(fig, path)
 
 
-def plot_acceptance_histogram(hists: dict[str, list[int]], path: str) -> str | None:
+def plot_acceptance_histogram(hists: dict[str, list[int]], path: str | None) -> str | None:
     """Fraction of row-steps that accepted 0..K drafts, one bar group per label."""
-    plt = _pyplot()
+    plt = _pyplot(path)
     if plt is None or not hists:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -196,9 +185,9 @@ def plot_acceptance_histogram(hists: dict[str, list[int]], path: str) -> str | N
     return _save(fig, path)
 
 
-def plot_reward_vs_compute(curves: dict[str, list[tuple[float, float]]], path: str, xlabel: str) -> str | None:
+def plot_reward_vs_compute(curves: dict[str, list[tuple[float, float]]], path: str | None, xlabel: str) -> str | None:
     """Reward reached vs compute (e.g. tokens generated), one curve per method/alpha."""
-    plt = _pyplot()
+    plt = _pyplot(path)
     if plt is None or not curves:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -219,12 +208,12 @@ def plot_partial_vs_final(
     final: Sequence[float],
     corr: float,
     tau: int,
-    path: str,
+    path: str | None,
     groups: Sequence[int] | None = None,
 ) -> str | None:
     """The seed's Figure 2: reward of the partial response at the decision token vs the final
     reward, one colour per prompt (``groups``); ``corr`` is printed in the title."""
-    plt = _pyplot()
+    plt = _pyplot(path)
     if plt is None or not partial:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -240,9 +229,9 @@ def plot_partial_vs_final(
     return _save(fig, path)
 
 
-def plot_op_ratios(rows: list[dict], path: str, title: str) -> str | None:
+def plot_op_ratios(rows: list[dict], path: str | None, title: str) -> str | None:
     """Bar chart of each contender's median time over the floor, per shape (log scale)."""
-    plt = _pyplot()
+    plt = _pyplot(path)
     if plt is None or not rows:
         return None
     fig, ax = plt.subplots(figsize=(9, 4))
