@@ -12,6 +12,8 @@ bytes moved ÷ median time. Contenders, on the same cache and kept set:
 - ``index_select`` — ``cache.narrow(...).copy_(cache.index_select(batch_dim, kept))``: the usual
   PyTorch way; allocates a temporary of N' rows and moves every kept row twice.
 Caches are 128 MiB.
+
+Rows: ``run(...)`` returns them and saves ``bench/out/compact_kv.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import argparse
 import torch
 
 import specdecode as sd
-from bench.timing import median_ms
+from bench.report import OUT_DIR, Section, save_rows, torch_setup
+from bench.timing import median_ms, torch_threads
+
+TOPIC = "compact_kv"
 
 # (name, shape, batch_dim, dtype)
 LAYOUTS = [
@@ -58,31 +63,91 @@ def bench_case(shape, batch_dim, dtype, pattern, reps, seconds):
     return moved_bytes, t_compact, t_copy, t_index
 
 
-def main() -> None:
+def settings(quick: bool) -> dict:
+    """``run``'s arguments for the full run (the README's numbers) or ``--quick``."""
+    if quick:
+        return {"layouts": LAYOUTS[:1], "min_reps": 3, "min_seconds": 0.2}
+    return {"layouts": LAYOUTS, "min_reps": 10, "min_seconds": 1.0}
+
+
+def run(
+    layouts=LAYOUTS,
+    patterns=PATTERNS,
+    min_reps: int = 10,
+    min_seconds: float = 1.0,
+    threads: int | None = None,
+    out_dir: str | None = OUT_DIR,
+    log=print,
+) -> list[dict]:
+    """One row per (layout, kept set): ``layout``, ``kept_set``, ``moved_bytes`` and the median ms
+    of ``compact``, ``copy`` (the floor) and ``index_select``. Saved as ``<out_dir>/compact_kv.json``."""
+    rows = []
+    with torch_threads(threads):
+        for name, shape, batch_dim, dtype in layouts:
+            for pattern in patterns:
+                log(f"  compact_kv {name}, {pattern} ...", flush=True)
+                moved, t_compact, t_copy, t_index = bench_case(shape, batch_dim, dtype, pattern, min_reps, min_seconds)
+                rows.append(
+                    {
+                        "layout": name,
+                        "kept_set": pattern,
+                        "moved_bytes": moved,
+                        "compact_ms": t_compact,
+                        "copy_ms": t_copy,
+                        "index_select_ms": t_index,
+                    }
+                )
+    return save_rows(TOPIC, rows, out_dir)
+
+
+TABLE_HEADER = [
+    "layout",
+    "kept set",
+    "MiB moved",
+    "compact ms",
+    "GB/s",
+    "index_select ms",
+    "index/compact",
+    "floor (copy) ms",
+    "compact/floor",
+]
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    return [
+        [
+            r["layout"],
+            r["kept_set"],
+            f"{r['moved_bytes'] / 2**20:.1f}",
+            f"{r['compact_ms']:.2f}",
+            f"{r['moved_bytes'] / r['compact_ms'] / 1e6:.1f}",
+            f"{r['index_select_ms']:.2f}",
+            f"{r['index_select_ms'] / r['compact_ms']:.2f}x",
+            f"{r['copy_ms']:.2f}",
+            f"{r['compact_ms'] / r['copy_ms']:.2f}x",
+        ]
+        for r in rows
+    ]
+
+
+def section(rows: list[dict], figures_dir: str | None = None) -> Section:
+    s = Section(
+        "KV-cache compaction microbenchmark (CPU)",
+        "Median time of `sd.compact_kv_cache_` (in place) vs `index_select` + `copy_` on 32-64 MiB caches, "
+        "and the floor: a plain `copy_` of exactly the bytes that must move (rows with kept[i] != i).",
+    )
+    s.table(TABLE_HEADER, table_rows(rows))
+    return s
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, one layout")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reps, seconds = (3, 0.2) if args.quick else (10, 1.0)
-    layouts = LAYOUTS[:1] if args.quick else LAYOUTS
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GB/s = bytes moved / median time")
-    header = (
-        f"{'layout':<20} {'kept set':<11} {'MiB moved':>9} {'compact ms':>10} {'GB/s':>6} "
-        f"{'copy ms':>8} {'GB/s':>6} {'index_select ms':>15} {'GB/s':>6} {'compact/copy':>12}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name, shape, batch_dim, dtype in layouts:
-        for pattern in PATTERNS:
-            moved, t_compact, t_copy, t_index = bench_case(shape, batch_dim, dtype, pattern, reps, seconds)
-            gbps = lambda ms: moved / ms / 1e6  # noqa: E731
-            print(
-                f"{name:<20} {pattern:<11} {moved / 2**20:>9.1f} {t_compact:>10.2f} {gbps(t_compact):>6.1f} "
-                f"{t_copy:>8.2f} {gbps(t_copy):>6.1f} {t_index:>15.2f} {gbps(t_index):>6.1f} "
-                f"{t_copy / t_compact:>11.0%}"
-            )
+    args = parser.parse_args(argv)
+    print(torch_setup(args.threads) + "; GB/s = bytes moved / median time")
+    rows = run(**settings(args.quick), threads=args.threads)
+    print(section(rows).terminal())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python -m bench.bench_rejection_sample            # the README's numbers
     python -m bench.bench_rejection_sample --quick    # fewer repetitions, two shapes
 
+Rows: ``run(...)`` returns them and saves ``bench/out/rejection_sample.json``.
+
 Contenders, all on the same inputs (float32, drafts sampled from p, p close to q so about
 60-70% of drafts are accepted, as with a real draft model):
 - ``specdecode`` — ``sd.rejection_sample``: the C++ kernel through the registered op.
@@ -25,8 +27,12 @@ import argparse
 import torch
 
 import specdecode as sd
-from bench.timing import median_ms
-from specdecode.reference import rejection as ref
+from bench import plots
+from bench.report import OUT_DIR, Section, figure_path, save_rows, torch_setup
+from bench.timing import copy_bandwidth_gbs, median_ms, torch_threads
+from specdecode.reference import rejection_sample as ref
+
+TOPIC = "rejection_sample"
 
 SHAPES = [(1, 4, 32000), (8, 4, 32000), (64, 4, 32000), (64, 8, 128256), (256, 4, 128256)]
 
@@ -77,77 +83,133 @@ def must_read_bytes(num_accepted: torch.Tensor, num_drafts: int, vocab: int, ele
     return gathers + rows * vocab * elem + residual_rows * vocab * elem
 
 
-def copy_bandwidth_gbs(nbytes: int, min_reps: int, min_seconds: float) -> float:
-    src = torch.rand(max(nbytes // 4, 1024))
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), min_reps, min_seconds)
-    return src.numel() * 4 / (ms * 1e-3) / 1e9
+def settings(quick: bool) -> dict:
+    """``run``'s arguments for the full run (the README's numbers) or ``--quick``."""
+    if quick:
+        return {"shapes": SHAPES[:3:2], "min_reps": 5, "min_seconds": 0.2}
+    return {"shapes": SHAPES, "min_reps": 20, "min_seconds": 1.0}
 
 
-def run(shapes, min_reps: int, min_seconds: float) -> list[dict]:
+def run(
+    shapes=SHAPES,
+    min_reps: int = 20,
+    min_seconds: float = 1.0,
+    threads: int | None = None,
+    out_dir: str | None = OUT_DIR,
+    log=print,
+) -> list[dict]:
+    """One row per (B, K, V): ``shape``, ``accept_rate``, the median ms of every contender
+    (``specdecode``, ``reference``, ``multinomial``, ``hf`` when measured), ``floor`` (ms) and
+    ``bytes`` (the bytes behind the floor). Saved as ``<out_dir>/rejection_sample.json``."""
+    with torch_threads(threads):
+        rows = []
+        for shape in shapes:
+            log(f"  rejection_sample {shape} ...", flush=True)
+            rows.append(measure(*shape, min_reps, min_seconds))
+    return save_rows(TOPIC, rows, out_dir)
+
+
+def measure(batch: int, num_drafts: int, vocab: int, min_reps: int, min_seconds: float) -> dict:
+    draft_ids, draft_probs, target_probs = make_inputs(batch, num_drafts, vocab)
+    seeds = torch.tensor([1])
+    out = sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds)
+    gen = torch.Generator().manual_seed(0)
+    baseline_reps = max(3, min_reps // 10)  # the slow contenders: fewer calls, as many seconds
+    row = {
+        "shape": [batch, num_drafts, vocab],
+        "accept_rate": float(out.num_accepted.float().mean()) / num_drafts,
+        "specdecode": median_ms(
+            lambda: sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds), min_reps, min_seconds
+        ),
+        "reference": median_ms(
+            lambda: ref.rejection_sample(
+                draft_ids, draft_probs, target_probs, torch.zeros(batch, dtype=torch.bool), seeds, torch.tensor([0])
+            ),
+            baseline_reps,
+            min_seconds,
+        ),
+        "multinomial": median_ms(
+            lambda: multinomial_baseline(draft_ids, draft_probs, target_probs, gen), baseline_reps, min_seconds
+        ),
+    }
     hf = hf_speculative_sampling()
-    rows = []
-    for batch, num_drafts, vocab in shapes:
-        draft_ids, draft_probs, target_probs = make_inputs(batch, num_drafts, vocab)
-        seeds = torch.tensor([1])
-        out = sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds)
-        gen = torch.Generator().manual_seed(0)
-        row = {
-            "shape": (batch, num_drafts, vocab),
-            "accept_rate": float(out.num_accepted.float().mean()) / num_drafts,
-            "specdecode": median_ms(
-                lambda: sd.rejection_sample(draft_ids, draft_probs, target_probs, seed=seeds), min_reps, min_seconds
-            ),
-            "reference": median_ms(
-                lambda: ref.rejection_sample(
-                    draft_ids, draft_probs, target_probs, torch.zeros(batch, dtype=torch.bool), seeds, torch.tensor([0])
-                ),
-                max(3, min_reps // 10),
-                min_seconds,
-            ),
-            "multinomial": median_ms(
-                lambda: multinomial_baseline(draft_ids, draft_probs, target_probs, gen),
-                max(3, min_reps // 10),
-                min_seconds,
-            ),
-        }
-        if hf is not None and batch == 1:
-            logits_draft, logits_target = draft_probs.log(), target_probs.log()
-            row["hf"] = median_ms(
-                lambda: hf(draft_ids, logits_draft, num_drafts, logits_target), max(3, min_reps // 10), min_seconds
-            )
-        nbytes = must_read_bytes(out.num_accepted, num_drafts, vocab, 4)
-        row["floor"] = nbytes / (copy_bandwidth_gbs(nbytes, min_reps, min_seconds) * 1e9) * 1e3
-        row["bytes"] = nbytes
-        rows.append(row)
-        print_row(row, header=len(rows) == 1, flush=True)
-    return rows
-
-
-def print_row(row: dict, header: bool, flush: bool = False) -> None:
-    if header:
-        print(
-            f"{'(B, K, V)':>20} {'accept':>6} {'specdecode':>10} {'reference':>10} {'multinom.':>10} {'hf':>8} "
-            f"{'ref/sd':>7} {'mult/sd':>7} {'floor':>8} {'sd/floor':>8}   (times: median ms)"
+    if hf is not None and batch == 1:
+        logits_draft, logits_target = draft_probs.log(), target_probs.log()
+        row["hf"] = median_ms(
+            lambda: hf(draft_ids, logits_draft, num_drafts, logits_target), baseline_reps, min_seconds
         )
-    hf = f"{row['hf']:8.3f}" if "hf" in row else f"{'-':>8}"
-    print(
-        f"{str(row['shape']):>20} {row['accept_rate']:6.2f} {row['specdecode']:10.3f} {row['reference']:10.3f} "
-        f"{row['multinomial']:10.3f} {hf} {row['reference'] / row['specdecode']:6.1f}x "
-        f"{row['multinomial'] / row['specdecode']:6.1f}x {row['floor']:8.3f} {row['specdecode'] / row['floor']:7.2f}x",
-        flush=flush,
+    nbytes = must_read_bytes(out.num_accepted, num_drafts, vocab, 4)
+    row["floor"] = nbytes / (copy_bandwidth_gbs(nbytes, min_reps, min_seconds) * 1e9) * 1e3
+    row["bytes"] = nbytes
+    return row
+
+
+TABLE_HEADER = [
+    "(B, K, V)",
+    "accept",
+    "specdecode ms",
+    "reference ms",
+    "multinomial ms",
+    "hf ms",
+    "ref/sd",
+    "mult/sd",
+    "hf/sd",
+    "floor ms",
+    "sd/floor",
+]
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    table = []
+    for r in rows:
+        hf, sd_ms = r.get("hf"), r["specdecode"]
+        table.append(
+            [
+                "(" + ", ".join(str(x) for x in r["shape"]) + ")",
+                f"{r['accept_rate']:.2f}",
+                f"{sd_ms:.3f}",
+                f"{r['reference']:.3f}",
+                f"{r['multinomial']:.3f}",
+                f"{hf:.3f}" if hf else "-",
+                f"{r['reference'] / sd_ms:.1f}x",
+                f"{r['multinomial'] / sd_ms:.1f}x",
+                f"{hf / sd_ms:.1f}x" if hf else "-",
+                f"{r['floor']:.3f}",
+                f"{sd_ms / r['floor']:.2f}x",
+            ]
+        )
+    return table
+
+
+def section(rows: list[dict], figures_dir: str | None = None) -> Section:
+    s = Section(
+        "Verifier microbenchmark (CPU)",
+        "Median time of one `rejection_sample` call: the C++ op (`specdecode`) vs the pure-PyTorch "
+        "reference, the per-position-residual + `torch.multinomial` formulation (vLLM v0 / HF style) and "
+        "HF transformers' `_speculative_sampling` (B = 1, when installed). Floor = bytes the op must read "
+        "(gathers + the one sampled row) / copy bandwidth measured here on a buffer of that size.",
     )
+    if not any("hf" in r for r in rows) and any(r["shape"][0] == 1 for r in rows):
+        s.text("transformers is not installed: no HF column (`pip install transformers`).")
+    s.table(TABLE_HEADER, table_rows(rows))
+    s.image(
+        plots.plot_op_ratios(
+            [{k: v for k, v in r.items() if k != "accept_rate"} for r in rows],
+            figure_path(figures_dir, "verifier_vs_floor.png"),
+            "Verifier: median time / floor (CPU)",
+        )
+    )
+    return s
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two shapes, fewer repetitions")
+    parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 probabilities")
-    if hf_speculative_sampling() is None:
-        print("(transformers not installed: no 'hf' column; `pip install transformers` to add it)")
-    shapes = SHAPES[:3:2] if args.quick else SHAPES
-    run(shapes, min_reps=5 if args.quick else 20, min_seconds=0.2 if args.quick else 1.0)
+    print(torch_setup(args.threads) + "; float32 probabilities")
+    rows = run(**settings(args.quick), threads=args.threads)
+    print(section(rows).terminal())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Contenders, all producing the ascending kept indices of every prompt:
 - ``topk loop`` — per prompt ``torch.topk(rewards[s:s+n], k)``, sort the indices, offset, then
   ``torch.cat`` (what a per-prompt implementation does; it does not rank NaN or break ties
   as specdecode does, so it is a speed baseline only).
-Times are medians in microseconds over repeated calls.
+Times are medians in microseconds over repeated calls. The floor is the bytes the op must move
+(float32 rewards read, bool mask written) at the copy bandwidth measured here.
+
+Rows: ``run(...)`` returns them and saves ``bench/out/topk_prune.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import argparse
 import torch
 
 import specdecode as sd
-from bench.timing import median_us
+from bench.report import OUT_DIR, Section, save_rows, torch_setup
+from bench.timing import copy_bandwidth_gbs, median_us, torch_threads
+
+TOPIC = "topk_prune"
 
 PROMPTS = [1, 4, 16, 64]
 CANDIDATES = [8, 64, 256, 1024]
@@ -35,38 +41,104 @@ def topk_loop(rewards: torch.Tensor, group_sizes: list[int], num_keep: list[int]
     return torch.cat(kept)
 
 
-def main() -> None:
+def settings(quick: bool) -> dict:
+    """``run``'s arguments for the full run (the README's numbers) or ``--quick``."""
+    if quick:
+        return {"prompts": [1, 64], "candidates": [8, 1024], "min_reps": 5, "min_seconds": 0.05}
+    return {"prompts": PROMPTS, "candidates": CANDIDATES, "min_reps": 20, "min_seconds": 0.3}
+
+
+def run(
+    prompts=PROMPTS,
+    candidates=CANDIDATES,
+    min_reps: int = 20,
+    min_seconds: float = 0.3,
+    threads: int | None = None,
+    out_dir: str | None = OUT_DIR,
+    log=print,
+) -> list[dict]:
+    """One row per (P prompts, n candidates): ``P``, ``n``, the median µs of ``op``,
+    ``topk_prune`` and ``topk_loop``, and ``floor_us`` (rewards read + mask written at the copy
+    bandwidth). Saved as ``<out_dir>/topk_prune.json``."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    with torch_threads(threads):
+        for num_prompts in prompts:
+            for n in candidates:
+                log(f"  topk_prune P={num_prompts} n={n} ...", flush=True)
+                rows.append(
+                    measure(torch.randn(num_prompts * n, generator=generator), num_prompts, n, min_reps, min_seconds)
+                )
+    return save_rows(TOPIC, rows, out_dir)
+
+
+def measure(rewards: torch.Tensor, num_prompts: int, n: int, min_reps: int, min_seconds: float) -> dict:
+    group_sizes = [n] * num_prompts
+    num_keep = sd.num_keep_from_alpha(group_sizes, 0.5)
+    sizes_t, keeps_t = torch.tensor(group_sizes), torch.tensor(num_keep)
+    expected = topk_loop(rewards, group_sizes, num_keep)
+    assert torch.equal(sd.topk_prune(rewards, group_sizes, 0.5).kept_indices, expected)  # no ties here
+    nbytes = num_prompts * n * 5  # float32 rewards read, bool mask written
+    return {
+        "P": num_prompts,
+        "n": n,
+        "op_us": median_us(lambda: torch.ops.specdecode.topk_prune(rewards, sizes_t, keeps_t), min_reps, min_seconds),
+        "topk_prune_us": median_us(lambda: sd.topk_prune(rewards, group_sizes, 0.5), min_reps, min_seconds),
+        "topk_loop_us": median_us(lambda: topk_loop(rewards, group_sizes, num_keep), min_reps, min_seconds),
+        "floor_us": nbytes / (copy_bandwidth_gbs(nbytes, 5, 0.02) * 1e9) * 1e6,
+    }
+
+
+TABLE_HEADER = [
+    "P",
+    "n",
+    "op us",
+    "topk_prune us",
+    "topk loop us",
+    "loop/op",
+    "loop/topk_prune",
+    "floor us",
+    "op/floor",
+]
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    return [
+        [
+            r["P"],
+            r["n"],
+            f"{r['op_us']:.1f}",
+            f"{r['topk_prune_us']:.1f}",
+            f"{r['topk_loop_us']:.1f}",
+            f"{r['topk_loop_us'] / r['op_us']:.1f}x",
+            f"{r['topk_loop_us'] / r['topk_prune_us']:.1f}x",
+            f"{r['floor_us']:.2f}",
+            f"{r['op_us'] / r['floor_us']:.0f}x",
+        ]
+        for r in rows
+    ]
+
+
+def section(rows: list[dict], figures_dir: str | None = None) -> Section:
+    s = Section(
+        "Pruning microbenchmark (CPU)",
+        "Median time to prune P prompts x n candidates (alpha = 0.5): the fixed-shape C++ op, the public "
+        "`sd.topk_prune` (checks + alpha -> k + kept indices), and a per-prompt `torch.topk` loop. Floor = "
+        "(rewards read + mask written) / copy bandwidth measured here: far below the call overhead, so "
+        "these times are launch/overhead-bound, not bandwidth-bound.",
+    )
+    s.table(TABLE_HEADER, table_rows(rows))
+    return s
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and shapes")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reps, seconds = (5, 0.05) if args.quick else (20, 0.3)
-    prompts, candidates = ([1, 64], [8, 1024]) if args.quick else (PROMPTS, CANDIDATES)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 rewards, alpha = 0.5; median µs")
-    header = (
-        f"{'P':>3} {'n':>5} {'op µs':>9} {'topk_prune µs':>13} {'topk loop µs':>12} "
-        f"{'loop/op':>8} {'loop/topk_prune':>15}"
-    )
-    print(header)
-    print("-" * len(header))
-    generator = torch.Generator().manual_seed(0)
-    for num_prompts in prompts:
-        for n in candidates:
-            rewards = torch.randn(num_prompts * n, generator=generator)
-            group_sizes = [n] * num_prompts
-            num_keep = sd.num_keep_from_alpha(group_sizes, 0.5)
-            sizes_t, keeps_t = torch.tensor(group_sizes), torch.tensor(num_keep)
-            expected = topk_loop(rewards, group_sizes, num_keep)
-            assert torch.equal(sd.topk_prune(rewards, group_sizes, 0.5).kept_indices, expected)  # no ties here
-            t_op = median_us(lambda: torch.ops.specdecode.topk_prune(rewards, sizes_t, keeps_t), reps, seconds)
-            t_public = median_us(lambda: sd.topk_prune(rewards, group_sizes, 0.5), reps, seconds)
-            t_loop = median_us(lambda: topk_loop(rewards, group_sizes, num_keep), reps, seconds)
-            print(
-                f"{num_prompts:>3} {n:>5} {t_op:>9.1f} {t_public:>13.1f} {t_loop:>12.1f} "
-                f"{t_loop / t_op:>7.1f}x {t_loop / t_public:>14.1f}x"
-            )
+    args = parser.parse_args(argv)
+    print(torch_setup(args.threads) + "; float32 rewards, alpha = 0.5")
+    rows = run(**settings(args.quick), threads=args.threads)
+    print(section(rows).terminal())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Seed 2's experiments: speculative sampling reproduces the target distribution exactly.
+"""Losslessness: speculative sampling reproduces the target distribution exactly.
 
     python -m bench.seed_experiment                # 1,000,000 samples per pair
     python -m bench.seed_experiment --quick        # 200,000 samples per pair
@@ -6,35 +6,41 @@
 
 1. Sampling. For four fixed (draft p, target q) pairs, draw N first tokens speculatively with
    ``sd.rejection_sample`` (draft x ~ p, accept with min(1, q/p), else a residual sample) and
-   compare the empirical distribution with q: the standard deviation of (empirical - q) over the
-   vocabulary (the seed reports 9.694e-5 for Llama-3-8B + EAGLE), next to what pure sampling
-   noise gives, sqrt(mean q(1-q) / N); the same over the 10 most likely tokens (over a 128k
-   vocabulary the whole-vocabulary noise at N = 1M is below 2.8e-6, so the seed's 9.694e-5 is
-   the noise level of its few plotted top tokens, not of the whole vocabulary); and a chi-square
+   compare the empirical distribution with q, as the published article "Does speculative sampling
+   lose LLM inference accuracy?" does with 1,000,000 samples: the standard deviation of
+   (empirical - q) over the vocabulary (the article reports 9.694e-5 for Llama-3-8B + EAGLE), next
+   to what pure sampling noise gives, sqrt(mean q(1-q) / N); the same over the 10 most likely
+   tokens (over a 128k vocabulary the whole-vocabulary noise at N = 1M is below 2.8e-6, so the
+   article's 9.694e-5 is the noise level of its few plotted top tokens, not of the whole
+   vocabulary); and a chi-square
    goodness-of-fit p-value (bins with expected count < 5 merged). Pairs: a close draft
    (V = 1000), an unrelated draft (V = 1000), a peaked target against a flat draft (V = 4096, most
    mass via the residual), and the shipped
    (target, draft) models' next-token distributions after a fixed code prefix (``PROMPT``, V = 259).
 2. Greedy. ``sd.generate`` and ``sd.speculative_generate`` at temperature 0 on the shipped pair:
    the texts must be identical; printed side by side.
+
+Rows: ``run(...)`` returns them and saves ``bench/out/seed_experiment.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 
 import torch
 
 import specdecode as sd
+from bench import plots
+from bench.prompts import weights_available
+from bench.report import OUT_DIR, Section, figure_path, of_kind, save_rows
 from specdecode.decoder.tokenizer import tokenizer
 from specdecode.stats import chi2_sf, chi_square
 
-SEED_REPORTED_STD = 9.694e-5
-TOP = 10  # the seed's figures show a handful of top tokens; its std is at their noise level
-WEIGHTS_DIR: str | None = None  # None: the shipped pair; else a directory from `specdecode.decoder.train --out`
-# A prefix where the next byte is genuinely uncertain (entropy ~2.3 nats), as for the seed's prompts.
+TOPIC = "seed_experiment"
+ARTICLE_REPORTED_STD = 9.694e-5
+TOP = 10  # the article's figures show a handful of top tokens; its std is at their noise level
+# A prefix where the next byte is genuinely uncertain (entropy ~2.3 nats), as for the article's prompts.
 PROMPT = "class Queue:\n    def __init__(self, maxsize=0):\n        self."
 GREEDY_PROMPTS = [
     "def _check_arg(name, value):\n    if not isinstance(value, str):\n",
@@ -42,20 +48,10 @@ GREEDY_PROMPTS = [
 ]
 
 
-def weights_available() -> bool:
-    from specdecode.decoder.generate import WEIGHTS_DIR as SHIPPED
-
-    return all(os.path.exists(os.path.join(WEIGHTS_DIR or SHIPPED, f"{m}.pt")) for m in ("target", "draft"))
-
-
-def load_pair():
-    return sd.load_pretrained(weights_dir=WEIGHTS_DIR)
-
-
 @torch.no_grad()
-def model_pair(prompt: str = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
+def model_pair(prompt: str = PROMPT, weights_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(draft p, target q): the shipped models' next-token distributions after ``prompt`` (T = 1)."""
-    target, draft = load_pair()
+    target, draft = sd.load_pretrained(weights_dir=weights_dir)
     ids = torch.tensor([tokenizer.encode(prompt)])
     q = torch.softmax(target(ids)[0, -1].float(), -1)
     p = torch.softmax(draft(ids)[0, -1].float(), -1)
@@ -84,12 +80,15 @@ def synthetic_pairs() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     return [close, unrelated, peaked]
 
 
-def pairs() -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], str | None]:
+def pairs(weights_dir: str | None = None) -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], str | None]:
     """The four (name, p, q) pairs, and a note when the model pair is missing."""
     out = synthetic_pairs()
-    if not weights_available():
-        return out, "shipped weights not found (specdecode/decoder/weights/*.pt): the model pair is skipped"
-    p, q = model_pair()
+    if not weights_available(weights_dir):
+        return (
+            out,
+            f"no (target, draft) weights in {weights_dir or 'specdecode/decoder/weights/'}: the model pair is skipped",
+        )
+    p, q = model_pair(weights_dir=weights_dir)
     out.append((f"shipped pair, next byte after ...{PROMPT[-14:]!r}, V={q.numel()}", p, q))
     return out, None
 
@@ -178,11 +177,11 @@ def sampling_table(results: list[dict]) -> list[list]:
     ]
 
 
-def greedy_side_by_side(max_new_tokens: int, num_draft_tokens: int = 4) -> dict | None:
+def greedy_side_by_side(max_new_tokens: int, weights_dir: str | None = None, num_draft_tokens: int = 4) -> dict | None:
     """Plain vs speculative greedy text on the shipped pair; ``None`` without weights."""
-    if not weights_available():
+    if not weights_available(weights_dir):
         return None
-    target, draft = load_pair()
+    target, draft = sd.load_pretrained(weights_dir=weights_dir)
     plain = sd.generate(target, GREEDY_PROMPTS, max_new_tokens, temperature=0.0, eos_id=None)
     spec = sd.speculative_generate(
         target, draft, GREEDY_PROMPTS, max_new_tokens, num_draft_tokens=num_draft_tokens, temperature=0.0, eos_id=None
@@ -210,51 +209,73 @@ def side_by_side(left: str, right: str, width: int = 56) -> str:
     return "\n".join(f"{x:<{width}} | {y}" for x, y in zip(a, b))
 
 
-def run(num_samples: int = 1_000_000, greedy_tokens: int = 160, seed: int = 0) -> dict:
-    from bench.plots import print_table
+def settings(quick: bool) -> dict:
+    """``run``'s arguments for the article's size (1,000,000 samples) or ``--quick``."""
+    return {"num_samples": 200_000, "greedy_tokens": 80} if quick else {"num_samples": 1_000_000, "greedy_tokens": 160}
 
-    chosen, note = pairs()
-    print(
-        f"Seed 2, sampling: {num_samples:,} speculative first tokens per (p, q) pair "
-        f"(the seed reports std = {SEED_REPORTED_STD:.3e})",
-        flush=True,
-    )
-    if note:
-        print(f"NOTE: {note}")
-    results = []
+
+def run(
+    num_samples: int = 1_000_000,
+    greedy_tokens: int = 160,
+    seed: int = 0,
+    weights_dir: str | None = None,
+    out_dir: str | None = OUT_DIR,
+    log=print,
+) -> list[dict]:
+    """Rows: one ``kind="sampling"`` row per (p, q) pair (``run_pair``'s dict), a ``kind="greedy"``
+    row (``greedy_side_by_side``'s dict) when the weights are there, and a ``kind="note"`` row
+    (``text``) when a part was skipped. Saved as ``<out_dir>/seed_experiment.json``."""
+    chosen, note = pairs(weights_dir)
+    rows = [{"kind": "note", "text": note}] if note else []
     for i, (name, p, q) in enumerate(chosen):
-        print(f"  [{i + 1}/{len(chosen)}] {name} ...", flush=True)
-        results.append(run_pair(name, p, q, num_samples, seed + 10 * i))
-    print_table(SAMPLING_HEADER, sampling_table(results))
-    greedy = greedy_side_by_side(greedy_tokens)
-    if greedy is None:
-        print("\nSeed 2, greedy: shipped weights not found, skipped")
-    else:
-        print(
-            f"\nSeed 2, greedy (temperature 0, K = {greedy['K']}): tokens identical = "
-            f"{greedy['identical_tokens']} (mean accepted length {greedy['mean_accepted_length']:.2f})"
+        log(f"  [{i + 1}/{len(chosen)}] {num_samples:,} speculative first tokens: {name} ...", flush=True)
+        rows.append({"kind": "sampling", **run_pair(name, p, q, num_samples, seed + 10 * i)})
+    greedy = greedy_side_by_side(greedy_tokens, weights_dir)
+    if greedy is not None:
+        rows.append({"kind": "greedy", **greedy})
+    return save_rows(TOPIC, rows, out_dir)
+
+
+def section(rows: list[dict], figures_dir: str | None = None) -> Section:
+    sampled = of_kind(rows, "sampling")
+    samples = sampled[0]["num_samples"] if sampled else 0
+    s = Section(
+        "Losslessness: the 1,000,000-sample experiment, and greedy",
+        f"{samples:,} speculative samples of the first token for four fixed (p, q) pairs, after the article "
+        f'"Does speculative sampling lose LLM inference accuracy?" (1,000,000 samples; it reports '
+        f"{ARTICLE_REPORTED_STD:.3e} for Llama-3-8B + EAGLE): std of (empirical - q) over the vocabulary (the "
+        "number scales with 1/sqrt(N) and the vocabulary) next to the sampling-noise expectation "
+        "sqrt(mean q(1-q)/N), and the chi-square goodness-of-fit p-value (large = consistent with q). Then "
+        "greedy: plain and speculative decoding must give identical text.",
+    )
+    for note in of_kind(rows, "note"):
+        s.text(f"NOTE: {note['text']}.")
+    s.table(SAMPLING_HEADER, sampling_table(sampled))
+    s.image(plots.plot_seed_bars(sampled, figure_path(figures_dir, "seed_first_token.png")))
+    greedy = of_kind(rows, "greedy")
+    if not greedy:
+        s.text("Greedy: shipped weights not found, skipped.")
+    for g in greedy:
+        s.text(
+            f"Greedy, temperature 0, K = {g['K']}: **tokens identical = {g['identical_tokens']}** "
+            f"(mean accepted length {g['mean_accepted_length']:.2f})."
         )
-        for prompt, a, b in zip(greedy["prompts"], greedy["plain"], greedy["speculative"]):
-            print(f"\nprompt: {prompt!r}\n{'sd.generate':<56} | sd.speculative_generate\n{'-' * 56}-+-{'-' * 56}")
-            print(side_by_side(a, b))
-    return {"pairs": results, "greedy": greedy, "note": note}
+        for prompt, a, b in zip(g["prompts"], g["plain"], g["speculative"]):
+            s.text(f"Prompt `{prompt!r}`:")
+            s.code(f"{'sd.generate':<56} | sd.speculative_generate\n{'-' * 56}-+-{'-' * 56}\n" + side_by_side(a, b))
+    return s
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 samples per pair, shorter greedy text")
     parser.add_argument("--samples", type=int, default=None)
-    parser.add_argument("--plot", default=None, help="write the bar chart to this PNG (needs matplotlib)")
+    parser.add_argument("--plot", default=None, help="write the bar chart into this directory (needs matplotlib)")
     parser.add_argument("--weights", default=None, help="a (target, draft) pair directory instead of the shipped one")
     args = parser.parse_args(argv)
-    global WEIGHTS_DIR
-    WEIGHTS_DIR = args.weights or WEIGHTS_DIR
-    samples = args.samples or (200_000 if args.quick else 1_000_000)
-    out = run(samples, greedy_tokens=80 if args.quick else 160)
-    if args.plot:
-        from bench.plots import plot_seed_bars
-
-        print(plot_seed_bars(out["pairs"], args.plot) or "(matplotlib not installed: no figure)")
+    kwargs = settings(args.quick) | ({"num_samples": args.samples} if args.samples else {})
+    rows = run(**kwargs, weights_dir=args.weights)
+    print(section(rows, args.plot).terminal())
 
 
 if __name__ == "__main__":
