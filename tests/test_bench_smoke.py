@@ -1,7 +1,10 @@
-"""Smoke tests of the benchmark runner's pure-table paths (``python -m bench``): the GPU readiness
-report for one kernel, the bytes model, seed 2's experiment at a tiny size, the chi-square tail,
-the e2e output parser and the report writer. Fast (well under 30 s): no timing is asserted."""
+"""Smoke tests of the benchmarks (``bench/``): every section's ``run`` at tiny sizes returns rows
+with the right keys and values and saves exactly those rows as JSON; every section renders from
+rows alone (fresh or read back); ``python -m bench`` runs, saves and re-renders a report from the
+saved rows. Plus the pure pieces: the GPU bytes model, the chi-square tail, the Best-of-N
+interpolation and the correlations. No timing is asserted; the whole file takes well under 30 s."""
 
+import json
 import math
 import os
 import sys
@@ -11,33 +14,98 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/ is not installed
 
+from bench import __main__ as runner
+from bench import bench_best_of_n as bon
+from bench import bench_compact_kv as compact
+from bench import bench_e2e as e2e
+from bench import bench_rejection_sample as verifier
+from bench import bench_topk_prune as prune
 from bench import gpu_report, plots
 from bench import seed_experiment as se
-from bench.__main__ import (
-    Section,
-    _correlations,
-    as_markdown,
-    parse_e2e_output,
-    pearson,
-    speedup_at_equal_reward,
-    spr_curves,
-    write_report,
-)
-from specdecode.kernels._aot import compile_in_subprocess, load_widths, widest_load_bytes
+from bench.prompts import PROMPTS, weights_available
+from bench.report import Section, load_rows, save_rows, write_report
+from specdecode.kernels._aot import load_widths, widest_load_bytes
 from specdecode.stats import chi2_sf, chi_square
 
+needs_weights = pytest.mark.skipif(not weights_available(), reason="shipped weights not found")
 
-def test_gpu_report_compiles_one_kernel_in_a_subprocess():
-    # The suite runs with TRITON_INTERPRET=1; compile_all must strip it for the compiler.
+
+def saved(module, out_dir) -> list[dict]:
+    with open(os.path.join(out_dir, f"{module.TOPIC}.json")) as f:
+        return json.load(f)
+
+
+def tables(section: Section) -> list[tuple[list, list]]:
+    """(header, rows) of every table of a section, in order."""
+    return [(header, rows) for kind, *content in section.items if kind == "table" for _, header, rows in [content]]
+
+
+# ----------------------------------------------------------------------------- op microbenchmarks
+
+
+def test_rejection_sample_rows_json_and_table(tmp_path, monkeypatch):
+    def hf_stand_in(*args):  # importing transformers takes seconds; the column's plumbing is what is tested
+        return None
+
+    monkeypatch.setattr(verifier, "hf_speculative_sampling", lambda: hf_stand_in)
+    rows = verifier.run([(1, 2, 64), (3, 4, 50)], min_reps=1, min_seconds=0.0, out_dir=str(tmp_path), log=print)
+    assert saved(verifier, tmp_path) == rows
+    assert [r["shape"] for r in rows] == [[1, 2, 64], [3, 4, 50]]
+    for r in rows:
+        assert 0.0 <= r["accept_rate"] <= 1.0
+        assert all(r[k] > 0 for k in ("specdecode", "reference", "multinomial", "floor"))
+        batch, num_drafts, vocab = r["shape"]
+        gathers, sampled_rows = batch * num_drafts * 2 * 4, batch * vocab * 4
+        assert sampled_rows + gathers <= r["bytes"] <= 2 * sampled_rows + gathers  # + residual rows
+    assert rows[0]["hf"] > 0 and "hf" not in rows[1]  # HF's sampler takes one row only
+    (header, body), *_ = tables(verifier.section(rows))
+    assert header == verifier.TABLE_HEADER and body[1][0] == "(3, 4, 50)"
+    assert body[1][6] == f"{rows[1]['reference'] / rows[1]['specdecode']:.1f}x"
+
+
+def test_topk_prune_rows_json_and_table(tmp_path):
+    rows = prune.run([1, 3], [8], min_reps=1, min_seconds=0.0, out_dir=str(tmp_path), log=print)
+    assert saved(prune, tmp_path) == rows
+    assert [(r["P"], r["n"]) for r in rows] == [(1, 8), (3, 8)]
+    assert all(r["op_us"] > 0 and r["topk_prune_us"] > 0 and r["topk_loop_us"] > 0 and r["floor_us"] > 0 for r in rows)
+    (header, body), *_ = tables(prune.section(rows))
+    assert header[-2:] == ["floor us", "op/floor"] and body[1][:2] == [3, 8]
+    assert body[1][5] == f"{rows[1]['topk_loop_us'] / rows[1]['op_us']:.1f}x"
+
+
+def test_compact_kv_rows_count_the_bytes_that_move(tmp_path):
+    layouts = [("tiny [B,H,S,D] bf16", (8, 2, 4, 16), 0, torch.bfloat16)]
+    rows = compact.run(
+        layouts, ["drop row 0", "keep 50%"], min_reps=1, min_seconds=0.0, out_dir=str(tmp_path), log=print
+    )
+    assert saved(compact, tmp_path) == rows
+    row_bytes = 2 * 4 * 16 * 2
+    assert rows[0]["kept_set"] == "drop row 0" and rows[0]["moved_bytes"] == 7 * row_bytes  # every survivor moves
+    assert 0 < rows[1]["moved_bytes"] <= 4 * row_bytes  # 4 of 8 kept; those already in place do not move
+    (header, body), *_ = tables(compact.section(rows))
+    assert header == compact.TABLE_HEADER and body[0][:3] == ["tiny [B,H,S,D] bf16", "drop row 0", "0.0"]
+
+
+# ----------------------------------------------------------------------------- GPU report
+
+
+def test_gpu_report_compiles_one_kernel_and_models_bytes(tmp_path):
+    # The suite runs with TRITON_INTERPRET=1; the compile subprocess must strip it for the compiler.
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    rows = compile_in_subprocess(["sm_90"], name_filter="topk_prune[float32]", timeout=300)
-    assert len(rows) == 1
-    row = rows[0]
-    assert row["ok"], row.get("error")
-    assert row["target"] == "sm_90" and row["registers"] > 0 and row["spills"] == 0
-    assert row["widest_load"] >= 4  # at least the fp32 reward loads
-    table = gpu_report.compile_table(rows)
-    assert table[0][:2] == ["topk_prune[float32]", "sm_90"]
+    rows = gpu_report.run(["sm_90"], "topk_prune[float32]", out_dir=str(tmp_path), log=print)
+    assert saved(gpu_report, tmp_path) == rows
+    (compiled,) = [r for r in rows if r["kind"] == "compile"]
+    assert compiled["ok"], compiled.get("error")
+    assert compiled["target"] == "sm_90" and compiled["registers"] > 0 and compiled["spills"] == 0
+    assert compiled["widest_load"] >= 4  # at least the fp32 reward loads
+    modelled = [r for r in rows if r["kind"] == "bytes"]
+    assert {r["op"] for r in modelled} == {"rejection_sample", "topk_prune", "compact_kv_cache_"}
+    assert all(r["bytes"] >= r["min_bytes"] > 0 and r["acceptance"] == 0.7 for r in modelled)
+    section = gpu_report.section(rows)
+    (compile_header, compile_body), *bytes_tables = tables(section)
+    assert compile_header == gpu_report.COMPILE_HEADER and compile_body[0][:2] == ["topk_prune[float32]", "sm_90"]
+    assert len(bytes_tables) == 3 and all(header == gpu_report.BYTES_HEADER for header, _ in bytes_tables)
+    assert "sm_90" in section.about and "1 of 1 (case, target) compiles succeeded" in section.items[0][1]
 
 
 @pytest.mark.parametrize(
@@ -69,9 +137,13 @@ def test_bytes_model_orders_designs_and_counts_exactly():
         minimum, ours, *peers = gpu_report.rejection_designs(B, K, V, e, 0.7)
         assert minimum.bytes <= ours.bytes <= 2 * minimum.bytes
         assert all(peer.bytes > ours.bytes for peer in peers)
-    tables = gpu_report.bytes_tables()
-    assert set(tables) == {"rejection_sample", "topk_prune", "compact_kv_cache_"}
-    assert all(len(row) == len(gpu_report.BYTES_HEADER) for t in tables.values() for row in t)
+    rows = gpu_report.bytes_rows()
+    minimum_row = next(r for r in rows if r["design"] == "minimum")
+    assert gpu_report.bytes_table([minimum_row])[0][3] == "1.00x"
+    assert all(len(line) == len(gpu_report.BYTES_HEADER) for line in gpu_report.bytes_table(rows))
+
+
+# ----------------------------------------------------------------------------- losslessness
 
 
 def test_chi2_tail_matches_known_values():
@@ -102,69 +174,227 @@ def test_seed_experiment_statistics_detect_a_biased_sampler():
     assert df == 49 and chi2_sf(stat, df) < 1e-3
 
 
+def test_seed_experiment_rows_json_and_section(tmp_path):
+    # An empty weights directory: the three synthetic pairs only, and notes instead of the model
+    # pair and the greedy texts (the models are loaded by the e2e and Best-of-N tests).
+    rows = se.run(num_samples=3000, greedy_tokens=6, weights_dir=str(tmp_path), out_dir=str(tmp_path), log=print)
+    assert saved(se, tmp_path) == rows
+    assert [r["kind"] for r in rows] == ["note", "sampling", "sampling", "sampling"]
+    sampled = rows[1:]
+    assert all(r["num_samples"] == 3000 and r["vocab"] == len(r["empirical"]) for r in sampled)
+    assert all(math.isclose(sum(r["empirical"]), 1.0) and 0 < r["accept_rate"] < 1 for r in sampled)
+    section = se.section(rows)
+    (header, body), *_ = tables(section)
+    assert header == se.SAMPLING_HEADER and [line[2] for line in body] == ["3,000"] * 3
+    texts = [content[0] for kind, *content in section.items if kind == "text"]
+    assert texts[0].startswith(f"NOTE: no (target, draft) weights in {tmp_path}") and texts[-1].startswith(
+        "Greedy: shipped weights"
+    )
+
+
 def test_side_by_side_keeps_both_texts():
     out = se.side_by_side("abc\ndef", "abc\ndeg", width=5)
     assert out.splitlines() == ["abc   | abc", "def   | deg"]
 
 
-def test_parse_e2e_output_and_pearson():
-    text = (
-        "## greedy, 128 new tokens per row\n| batch | method | tokens/s | speedup | mean accepted length | "
-        "acceptance | accepted-length histogram | same text |\n|---|---|---|---|---|---|---|---|\n"
-        "| 1 | plain | 100 | 1.00x | 1 | | | |\n"
-        "| 1 | speculative K=4 | 250 | 2.50x | 3.1 | 0.52 | [1, 2, 3, 4, 5] | yes |\n"
-        "## sampling, T=0.8, 128 new tokens per row\n| 4 | speculative K=2 | 300 | 1.5x | 2 | 0.5 | [3, 2, 1] | n/a |\n"
-    )
-    rows = parse_e2e_output(text)
-    assert [(r["batch"], r["temperature"], r["k"], r["tokens_per_s"]) for r in rows] == [
-        (1, 0.0, 0, 100.0),
-        (1, 0.0, 4, 250.0),
-        (4, 0.8, 2, 300.0),
+# ----------------------------------------------------------------------------- end to end
+
+
+@needs_weights
+def test_e2e_rows_json_and_section(tmp_path):
+    rows = e2e.run([1], [2], [0.0], max_new_tokens=6, repeats=1, forward_reps=1, out_dir=str(tmp_path), log=print)
+    assert saved(e2e, tmp_path) == rows
+    assert [r["kind"] for r in rows] == ["setup"] + ["forward"] * 6 + ["decode"] * 2
+    plain, spec = rows[-2:]
+    assert (plain["k"], plain["speedup"], spec["k"], spec["rows_compared"]) == (0, 1.0, 2, 1)
+    assert math.isclose(spec["speedup"], spec["tokens_per_s"] / plain["tokens_per_s"])
+    assert len(spec["hist"]) == 3 and 1.0 <= spec["mean_accepted_length"] <= 3.0 and 0 <= spec["same_text"] <= 1
+    section = e2e.section(rows)
+    forward, decode = tables(section)
+    assert forward[0] == ["forward pass", "median ms"] and len(forward[1]) == 6
+    assert decode[0] == e2e.DECODE_HEADER and [line[1] for line in decode[1]] == ["plain", "speculative K=2"]
+
+
+def test_e2e_section_from_rows_alone():
+    common = {"kind": "decode", "max_new_tokens": 128, "batch": 1}
+    rows = [
+        {**common, "temperature": 0.0, "k": 0, "tokens_per_s": 100.0, "speedup": 1.0, "mean_accepted_length": 1.0},
+        {
+            **common,
+            "temperature": 0.0,
+            "k": 4,
+            "tokens_per_s": 250.0,
+            "speedup": 2.5,
+            "mean_accepted_length": 3.1,
+            "acceptance": 0.52,
+            "hist": [1, 2, 3, 4, 5],
+            "same_text": 2,
+            "rows_compared": 3,
+        },
+        {**common, "temperature": 0.8, "k": 0, "tokens_per_s": 90.0, "speedup": 1.0, "mean_accepted_length": 1.0},
     ]
-    assert rows[1]["hist"] == [1, 2, 3, 4, 5] and rows[1]["same_text"] == "yes"
-    assert math.isclose(pearson([1, 2, 3], [2, 4, 6]), 1.0)
-    assert math.isclose(pearson([1, 2, 3], [3, 2, 1]), -1.0)
-    assert as_markdown("## greedy\n| a |") == "**greedy**\n\n| a |"
+    section = e2e.section(rows)
+    (_, greedy), (_, sampled) = tables(section)[1:]
+    assert greedy == [
+        [1, "plain", "100", "1.00x", "1", "", "", ""],
+        [1, "speculative K=4", "250", "2.50x", "3.10", "0.52", "[1, 2, 3, 4, 5]", "2/3"],
+    ]
+    assert sampled == [[1, "plain", "90", "1.00x", "1", "", "", ""]]
+    captions = [content[0] for kind, *content in section.items if kind == "table"]
+    assert captions[1:] == ["**greedy, 128 new tokens per row**", "**sampling, T=0.8, 128 new tokens per row**"]
+    assert "not found" in e2e.section([]).items[0][1]
+
+
+# ----------------------------------------------------------------------------- Best-of-N
+
+
+@needs_weights
+def test_best_of_n_rows_json_and_section(tmp_path):
+    setting = bon.PartialVsFinal(num_prompts=2, n=4, length=12, taus=(3, 6), shown_tau=6)
+    rows = bon.run([2, 4], [0.5], PROMPTS[:2], max_new_tokens=6, correlation=setting, out_dir=str(tmp_path), log=print)
+    assert saved(bon, tmp_path) == rows
+    setup, *runs = [r for r in rows if r["kind"] in ("setup", "run")]
+    assert (setup["prompts"], setup["max_new_tokens"], setup["reward"]) == (2, 6, "loglik")
+    assert [(r["method"], r["N"]) for r in runs] == [
+        ("Best-of-N", 2),
+        ("SpecRej a=0.5", 2),
+        ("Best-of-N", 4),
+        ("SpecRej a=0.5", 4),
+    ]
+    for best, pruned in (runs[:2], runs[2:]):
+        assert 0 < pruned["tokens"] <= best["tokens"] <= 2 * best["N"] * 6  # pruning only removes tokens
+        assert pruned["rounds"] >= 1 and best["rounds"] == 0
+        assert best["ppl"] >= math.exp(-best["reward"]) - 1e-9  # mean exp(-r) >= exp(-mean r)
+    correlated = [r for r in rows if r["kind"] == "partial_vs_final"]
+    assert [r["tau"] for r in correlated] == [3, 6] and [r["shown"] for r in correlated] == [False, True]
+    assert all(len(r["partial"]) == len(r["final"]) == len(r["group"]) <= 8 for r in correlated)
+    section = bon.section(rows)
+    main_table, *speedups, correlation_table = tables(section)
+    assert main_table[0] == bon.TABLE_HEADER and len(main_table[1]) == 4 and len(speedups) == 2
+    assert [line[0] for line in correlation_table[1]] == [3, 6]
+
+
+def test_best_of_n_cost_interpolates_in_log_compute():
+    curve = [(400.0, 2.0), (100.0, 1.0)]
+    relation, needed = bon.best_of_n_cost(curve, 1.5)
+    assert relation == "=" and math.isclose(needed, 200.0)  # halfway in log: sqrt(100 * 400)
+    assert bon.best_of_n_cost(curve, 3.0) == (">", 400.0) and bon.best_of_n_cost(curve, 0.5) == ("<", 100.0)
+    assert bon.best_of_n_cost(curve, 1.0) == ("=", 100.0)
+    # A dip in Best-of-N's curve is flattened by the running max: 1.5 lies halfway between the
+    # reward 1.0 it already had at x = 200 and 2.0 at x = 400.
+    relation, needed = bon.best_of_n_cost([(100.0, 1.0), (200.0, 0.5), (400.0, 2.0)], 1.5)
+    assert relation == "=" and math.isclose(needed, math.sqrt(200.0 * 400.0))
+
+
+def test_best_of_n_tables_from_rows_alone():
+    def run_row(method, n, alpha, reward, tokens, seconds):
+        return {
+            "kind": "run",
+            "method": method,
+            "N": n,
+            "alpha": alpha,
+            "reward": reward,
+            "ppl": None,
+            "tokens": tokens,
+            "seconds": seconds,
+            "forwards": 10,
+            "rounds": 0 if alpha is None else 1,
+            "live_after_rounds": [] if alpha is None else [n // 2],
+            "peak_kv_bytes": 2**20,
+        }
+
+    rows = [
+        run_row("Best-of-N", 4, None, 1.0, 100, 1.0),
+        run_row("Best-of-N", 16, None, 2.0, 400, 4.0),
+        run_row("SpecRej a=0.5", 16, 0.5, 1.5, 50, 0.5),
+        run_row("SpecRej a=0.5", 64, 0.5, 3.0, 10, 0.1),
+        run_row("SpecRej a=0.9", 4, 0.9, 0.5, 10, 0.1),
+    ]
+    main = bon.table_rows(rows)
+    assert [line[-1] for line in main] == ["", "", "200 (4.00x)", "above BoN-16", "below BoN-4"]
+    assert main[2][3] == "-" and main[2][7] == "1 (8)"
+    speedups = {(line[0], line[1]): line[3:] for line in bon.speedup_at_equal_reward(rows, "tokens")}
+    assert speedups[("SpecRej a=0.5", "50")] == ["200", "4.00x"]
+    assert speedups[("SpecRej a=0.5", "10")] == ["> 400", "> 40.00x"]
+    assert speedups[("SpecRej a=0.9", "10")] == ["<= 100", "<= 10.00x"]
+    assert bon.speedup_at_equal_reward([r for r in rows if r["alpha"]], "tokens") == []  # no Best-of-N curve
+
+
+def test_pearson_and_within_prompt_correlations():
+    assert math.isclose(bon.pearson([1, 2, 3], [2, 4, 6]), 1.0)
+    assert math.isclose(bon.pearson([1, 2, 3], [3, 2, 1]), -1.0)
+    assert math.isnan(bon.pearson([1, 1, 1], [1, 2, 3]))
     # Within each prompt perfectly correlated, offset between prompts: within 1, pooled lower.
-    within, pooled = _correlations([[1, 2, 3], [10, 11, 12]], [[1, 2, 3], [0, 1, 2]])
+    within, pooled = bon.correlations([[1, 2, 3], [10, 11, 12]], [[1, 2, 3], [0, 1, 2]])
     assert math.isclose(within, 1.0) and pooled < 0.9
 
 
-def test_spr_curves_from_printed_tables_and_from_rows():
-    text = (
-        "| method | N | alpha | tokens generated | seconds | mean reward |\n|---|---|---|---|---|---|\n"
-        "| Best-of-N | 4 | - | 1,024 | 0.5 | -1.20 |\n| SpR | 64 | 0.5 | 3,000 | 1.0 s | -1.05 |\n"
-    )
-    curves = spr_curves(None, text)
-    assert curves["tokens"] == {"Best-of-N": [(1024.0, -1.2)], "SpR alpha=0.5": [(3000.0, -1.05)]}
-    assert curves["seconds"]["SpR alpha=0.5"] == [(1.0, -1.05)]
-    rows = [{"method": "BoN", "tokens": 10, "reward": 1.0}]
-    assert spr_curves(rows, "")["tokens"] == {"BoN": [(10.0, 1.0)]}
+# ----------------------------------------------------------------------------- rows, report, runner
 
 
-def test_speedup_at_equal_reward_interpolates_best_of_n():
-    curves = {"Best-of-N": [(100.0, 1.0), (400.0, 2.0)], "SpR a=0.5": [(50.0, 1.5), (10.0, 3.0), (10.0, 0.5)]}
-    rows = {(r[1], r[2]): r for r in speedup_at_equal_reward(curves)}
-    assert rows[("50", "1.5")][3:] == ["200", "4.00x"]  # halfway in log: sqrt(100 * 400)
-    assert rows[("10", "3")][4] == "> 40.00x" and rows[("10", "0.5")][4] == "<= 10.00x"
-    assert speedup_at_equal_reward({"SpR": [(1.0, 1.0)]}) == []
+def test_rows_are_saved_as_standard_json(tmp_path):
+    rows = save_rows("t", [{"shape": (1, 2), "x": math.nan, "nested": {"y": math.inf}}], str(tmp_path))
+    assert rows == [{"shape": [1, 2], "x": None, "nested": {"y": None}}]
+    assert load_rows("t", str(tmp_path)) == rows
+    assert "NaN" not in open(tmp_path / "t.json").read()
+    assert save_rows("t", [{"a": (1,)}], None) == [{"a": [1]}]  # no directory: converted, not written
 
 
-def test_tables_and_report(tmp_path, monkeypatch):
-    header, rows = ["a", "b"], [[1, 0.5], ["x", "y"]]
-    md = plots.markdown_table(header, rows)
-    assert plots.parse_markdown_tables("text\n" + md + "\nmore") == [(["a", "b"], [["1", "0.5"], ["x", "y"]])]
-    assert "b\\|c" in plots.markdown_table(["b|c"], [])  # pipes in cells are escaped
+def test_section_markdown_terminal_and_report(tmp_path):
+    header, rows = ["a", "b|c"], [[1, 0.5], ["x", "y"]]
     assert plots.format_table(header, rows).splitlines()[2].split() == ["1", "0.5"]
-    monkeypatch.setattr("bench.__main__.OUT_DIR", str(tmp_path))
     section = Section("T", "what it measures")
-    section.table(["x"], [[1]])
-    path = write_report([section, Section("broken", "raised", failed=True)], True, ["--quick"], 1.0)
+    section.text("prose")
+    section.table(header, rows, "**caption**")
+    section.code("a | b")
+    markdown = section.markdown(str(tmp_path))
+    assert markdown.startswith("## T\n\nwhat it measures\n\nprose\n\n**caption**\n\n| a | b\\|c |")
+    assert "```\na | b\n```" in markdown
+    assert section.terminal().splitlines()[8:10] == ["a  b|c", "-  ---"]
+    broken = runner.failed_section("broken", "Traceback: boom")
+    path = write_report([section, broken], "`python -m bench x`", 1.0, str(tmp_path))
     text = open(path).read()
-    assert "## T" in text and "| x |" in text and "## broken (FAILED)" in text
+    assert "Command: `python -m bench x`" in text and "| x | y |" in text
+    assert "## broken (FAILED)" in text and "Traceback: boom" in text
+
+
+def test_choose_sections_and_aliases():
+    assert runner.choose([]) == list(runner.SECTIONS)
+    assert runner.choose(["spr", "ops", "topk_prune"]) == ["best_of_n", "rejection_sample", "topk_prune", "compact_kv"]
+    with pytest.raises(ValueError, match="unknown section 'nope'"):
+        runner.choose(["nope"])
+
+
+def test_runner_saves_rows_and_renders_the_same_report_from_them(tmp_path, monkeypatch):
+    tiny = {"prompts": [2], "candidates": [8], "min_reps": 1, "min_seconds": 0.0}
+    monkeypatch.setattr(prune, "settings", lambda quick: tiny)
+    assert runner.main(["--quick", "pruning", "--out", str(tmp_path)]) == 0
+    rows = load_rows("topk_prune", str(tmp_path))
+    assert [(r["P"], r["n"]) for r in rows] == [(2, 8)]
+    ran = open(tmp_path / "report.md").read()
+    assert "## Pruning microbenchmark (CPU)" in ran and "(quick mode: small sizes)" in ran
+    assert runner.main(["--render", "--out", str(tmp_path)]) == 0  # other sections have no rows: skipped
+    rendered = open(tmp_path / "report.md").read()
+    table = [line for line in ran.splitlines() if line.startswith("| 2 | 8 |")]
+    assert len(table) == 1 and table == [line for line in rendered.splitlines() if line.startswith("| 2 | 8 |")]
+    assert "## Verifier" not in rendered
+
+
+def test_runner_reports_a_failing_section_and_keeps_going(tmp_path, monkeypatch):
+    def broken(quick):
+        raise RuntimeError("benchmark broke")
+
+    tiny = {"prompts": [1], "candidates": [8], "min_reps": 1, "min_seconds": 0.0}
+    monkeypatch.setattr(compact, "settings", broken)
+    monkeypatch.setattr(prune, "settings", lambda quick: tiny)
+    assert runner.main(["compaction", "pruning", "--out", str(tmp_path)]) == 1
+    report = open(tmp_path / "report.md").read()
+    assert "## compact_kv (FAILED)" in report and "benchmark broke" in report
+    assert "## Pruning microbenchmark (CPU)" in report
 
 
 def test_seed_bar_chart_when_matplotlib_is_installed(tmp_path):
+    assert plots.plot_seed_bars([{}], None) is None  # no path: no figure
     if not plots.have_matplotlib():
         assert plots.plot_seed_bars([{}], str(tmp_path / "x.png")) is None
         return
