@@ -87,7 +87,8 @@ def _plain_log_labels(axis) -> None:
 
 
 def plot_seed_bars(pairs: list[dict], path: str | None, top: int = 30) -> str | None:
-    """Seed 2's figure: per (p, q) pair, bars of target q (blue), draft p (green) and the
+    """The figure of the article "Does speculative sampling lose LLM inference accuracy?" (its
+    1,000,000-sample experiment): per (p, q) pair, bars of target q (blue), draft p (green) and the
     empirical frequency of the speculative samples (orange) over the ``top`` tokens by max(p, q)."""
     plt = _pyplot(path)
     if plt is None or not pairs:
@@ -211,8 +212,9 @@ def plot_partial_vs_final(
     path: str | None,
     groups: Sequence[int] | None = None,
 ) -> str | None:
-    """The seed's Figure 2: reward of the partial response at the decision token vs the final
-    reward, one colour per prompt (``groups``); ``corr`` is printed in the title."""
+    """Figure 2 of Fast Best-of-N Decoding via Speculative Rejection (arXiv 2410.20290): reward of
+    the partial response at the decision token vs the final reward, one colour per prompt
+    (``groups``); ``corr`` is printed in the title."""
     plt = _pyplot(path)
     if plt is None or not partial:
         return None
