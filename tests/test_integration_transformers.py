@@ -276,3 +276,147 @@ def test_compacted_cache_gives_the_survivors_logits(target, cache_kind):
     got = target(kept_next, past_key_values=cache).logits[:, -1]
     expected = target(torch.cat([ids[kept], next_ids[kept]], 1)).logits[:, -1]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Best-of-N and Speculative Rejection
+# ---------------------------------------------------------------------------------------------
+
+EOS_IDS = list(range(0, VOCAB, 16))  # 32 ids: candidates finish at different steps
+
+
+def residue_reward(prompt_ids, response_ids):
+    """A token reward whose partial value predicts the final one: mean of ``id % 7``."""
+    return [sum(t % 7 for t in response) / max(len(response), 1) for response in response_ids]
+
+
+def word_level_tokenizer(shift: int = 0):
+    """A word-level tokenizer over ``w0 .. w511`` built locally (no download); ``shift`` gives a
+    reward model a different id for every word than the policy's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": (i + shift) % VOCAB for i in range(VOCAB)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+def run_best_of_n(policy, reward, **kwargs):
+    ids, mask = left_padded_prompts(2, seed=4)
+    common = dict(n=6, max_new_tokens=12, eos_token_id=EOS_IDS, seed=11)
+    return hf.best_of_n(policy, reward, ids, mask, **common, **kwargs), ids, mask, common
+
+
+def test_kv_bytes_per_token_from_hf_config(target):
+    # 2 layers x (K, V) x 2 KV heads x head dim 64 / 4 = 16 x 4 bytes
+    assert hf.kv_bytes_per_token(target) == 2 * 2 * 2 * 16 * 4
+    assert hf.kv_bytes_per_token(target.config, torch.bfloat16) == 2 * 2 * 2 * 16 * 2
+
+
+def test_alpha_zero_equals_best_of_n(target):
+    best, ids, mask, common = run_best_of_n(target, residue_reward)
+    fast = hf.speculative_rejection(target, residue_reward, ids, mask, alpha=0, decision_tokens=(3, 6), **common)
+    assert fast.sequences.tolist() == best.sequences.tolist()
+    assert fast.best_candidate.tolist() == best.best_candidate.tolist()
+    assert fast.candidate_tokens.tolist() == best.candidate_tokens.tolist()
+    assert best.finished.all()
+    assert 0 < int(best.candidate_num_tokens.min()) < 12  # some candidates hit EOS early
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.9])
+def test_every_answer_is_a_best_of_n_candidate(target, alpha):
+    best, ids, mask, common = run_best_of_n(target, residue_reward)
+    fast = hf.speculative_rejection(target, residue_reward, ids, mask, alpha=alpha, decision_tokens=(3, 6), **common)
+    assert fast.stats["rounds"] == 2 and fast.stats["pruned"] > 0
+    assert fast.stats["tokens_generated"] < best.stats["tokens_generated"]
+    for prompt in range(2):
+        j = int(fast.best_candidate[prompt])
+        length = int(fast.candidate_num_tokens[prompt, j])
+        assert fast.candidate_tokens[prompt, j].tolist() == best.candidate_tokens[prompt, j].tolist()
+        assert fast.sequences[prompt, ids.shape[1] : ids.shape[1] + length].tolist() == (
+            best.candidate_tokens[prompt, j, :length].tolist()
+        )
+        assert float(fast.rewards[prompt]) == float(best.candidate_rewards[prompt, j])
+    # Pruned candidates got NaN; every finished one kept Best-of-N's reward.
+    done = fast.finished
+    assert torch.equal(fast.candidate_rewards[done], best.candidate_rewards[done])
+    assert fast.candidate_rewards[~done].isnan().all()
+
+
+def test_memory_budget_decides_when_to_prune(target):
+    ids, mask = left_padded_prompts(2, seed=4)
+    per_token = hf.kv_bytes_per_token(target)
+    budget = (int(mask.sum()) * 6 + 2 * 6 * 4) * per_token  # the prompts plus 4 new tokens per candidate
+    out = hf.speculative_rejection(
+        target, residue_reward, ids, mask, n=6, alpha=0.5, max_new_tokens=12, memory_budget=budget, seed=11
+    )
+    assert out.stats["rounds"] >= 1
+    if out.stats["over_budget_steps"] == 0:
+        assert out.stats["peak_live_kv_bytes"] <= budget
+
+
+@torch.no_grad()
+def test_survivors_next_token_logits_equal_a_recompute(target):
+    """After a pruning round compacts the HF cache, every survivor's next-token logits equal a
+    fresh forward over its unpadded prompt + response."""
+    from specdecode.integrations.hf_best_of_n import _CandidateBatch, _prune_round
+
+    ids, mask = left_padded_prompts(2, seed=4)
+    args = dict(max_new_tokens=8, temperature=1.0, top_k=None, top_p=None, eos_token_id=None, seed=3)
+    batch = _CandidateBatch(target, ids, mask, 4, args)
+    for _ in range(3):
+        batch.sample()
+        batch.forward()
+    batch.sample()
+    _prune_round(batch, hf.TokenReward(residue_reward), alpha=0.5)
+    batch.forward()
+    assert batch.size == 4 and batch.cand.tolist() != list(range(4))
+    prompts, responses = batch.responses(batch.cand)
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        expected = target(torch.tensor([prompt + response])).logits[0, -1]
+        torch.testing.assert_close(batch.logits[row], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_reward_retokenises_and_reads_the_last_real_token(target):
+    """An HF sequence classifier with its own tokenizer (different ids for the same words): the
+    batched, right-padded scores equal scoring each text alone."""
+    from transformers import LlamaForSequenceClassification
+
+    config = tiny_config()
+    config.num_labels, config.pad_token_id = 1, 0
+    torch.manual_seed(2)
+    classifier = LlamaForSequenceClassification(config).eval()
+    policy_tokenizer, reward_tokenizer = word_level_tokenizer(), word_level_tokenizer(shift=5)
+    reward = hf.as_reward(classifier, policy_tokenizer, reward_tokenizer)
+    prompts, responses = [[7, 8], [9]], [[10, 11, 12], [13]]
+    scores = reward.score(prompts, responses)
+    with torch.no_grad():
+        alone = [
+            classifier(torch.tensor([[(t + 5) % VOCAB for t in p + r]])).logits[0, 0]
+            for p, r in zip(prompts, responses)
+        ]
+    torch.testing.assert_close(scores, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    best, ids, mask, common = run_best_of_n(
+        target, classifier, tokenizer=policy_tokenizer, reward_tokenizer=reward_tokenizer
+    )
+    fast = hf.speculative_rejection(
+        target,
+        classifier,
+        ids,
+        mask,
+        alpha=0.5,
+        decision_tokens=(4,),
+        tokenizer=policy_tokenizer,
+        reward_tokenizer=reward_tokenizer,
+        **common,
+    )
+    for prompt in range(2):
+        j = int(fast.best_candidate[prompt])
+        assert fast.candidate_tokens[prompt, j].tolist() == best.candidate_tokens[prompt, j].tolist()
+
+
+def test_text_reward_sees_decoded_text():
+    tokenizer = word_level_tokenizer()
+    reward = hf.TextReward(lambda prompts, responses: [len(set(r.split())) for r in responses], tokenizer)
+    assert reward.score([[1], [2]], [[5, 5, 6], [7]]).tolist() == [2.0, 1.0]

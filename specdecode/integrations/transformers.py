@@ -16,6 +16,16 @@ Modules: ``hf_common`` (distributions, cache compaction, KV sizes), ``hf_specula
 ``hf_best_of_n``, ``hf_assisted``.
 """
 
+from specdecode.integrations.hf_best_of_n import (
+    BestOfNOutput,
+    ClassifierReward,
+    TextReward,
+    TokenReward,
+    as_reward,
+    best_of_n,
+    kv_bytes_per_token,
+    speculative_rejection,
+)
 from specdecode.integrations.hf_common import (
     TESTED_TRANSFORMERS_VERSIONS,
     SamplingConfig,
@@ -29,6 +39,14 @@ __all__ = [
     "SpeculativeOutput",
     "speculative_generate",
     "compact_hf_cache_",
+    "best_of_n",
+    "speculative_rejection",
+    "BestOfNOutput",
+    "TokenReward",
+    "TextReward",
+    "ClassifierReward",
+    "as_reward",
+    "kv_bytes_per_token",
     "fit_vocab",
     "TESTED_TRANSFORMERS_VERSIONS",
 ]
