@@ -62,7 +62,9 @@ def choose(names: list[str]) -> list[str]:
     return chosen
 
 
-def run_section(module: ModuleType, quick: bool, threads: int | None, weights_dir: str | None, out_dir: str):
+def run_section(
+    module: ModuleType, quick: bool, threads: int | None, weights_dir: str | None, out_dir: str
+) -> list[dict]:
     """``module.run`` at its ``--quick`` or full settings, given ``threads`` and ``weights_dir``
     when it takes them and they are set; returns its rows (it also saves them in ``out_dir``)."""
     kwargs = module.settings(quick) | {"out_dir": out_dir}

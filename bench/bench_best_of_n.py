@@ -45,7 +45,7 @@ import torch
 import specdecode as sd
 from bench import plots
 from bench.prompts import PROMPTS, weights_available
-from bench.report import OUT_DIR, Section, figure_path, of_kind, save_rows
+from bench.report import OUT_DIR, Log, Section, figure_path, of_kind, save_rows
 from bench.timing import torch_threads
 from specdecode.decoder.best_of_n import kv_bytes_per_token
 
@@ -114,7 +114,7 @@ def run(
     threads: int | None = 1,
     weights_dir: str | None = None,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """A ``kind="setup"`` row (the run's settings and total ``seconds``), the ``kind="run"`` rows
     of ``compare`` and, given ``correlation``, the ``kind="partial_vs_final"`` rows of
@@ -161,7 +161,7 @@ def compare(
     seed: int,
     budget_fraction: float,
     decision_tokens,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """One Best-of-N row per N and one Speculative Rejection row per (N, alpha): ``kind="run"``,
     ``method``, ``N``, ``alpha``, ``reward``, ``ppl``, ``tokens``, ``seconds``, ``forwards``,
@@ -225,7 +225,7 @@ def correlations(per_prompt_partial: list[list[float]], finals: list[list[float]
 
 
 @torch.no_grad()
-def partial_vs_final(target, setting: PartialVsFinal, log=print) -> list[dict]:
+def partial_vs_final(target, setting: PartialVsFinal, log: Log = print) -> list[dict]:
     """One ``kind="partial_vs_final"`` row per decision token ``tau``: the pooled ``partial`` and
     ``final`` rewards of the responses live at ``tau``, their prompt (``group``), ``within_corr``
     (mean within-prompt Pearson r) and ``corr`` (pooled), ``shown`` for the plotted ``tau``.

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 import specdecode as sd
-from bench.report import OUT_DIR, Section, save_rows, torch_setup
+from bench.report import OUT_DIR, Log, Section, save_rows, torch_setup
 from bench.timing import median_ms, torch_threads
 
 TOPIC = "compact_kv"
@@ -77,7 +77,7 @@ def run(
     min_seconds: float = 1.0,
     threads: int | None = None,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """One row per (layout, kept set): ``layout``, ``kept_set``, ``moved_bytes`` and the median ms
     of ``compact``, ``copy`` (the floor) and ``index_select``. Saved as ``<out_dir>/compact_kv.json``."""

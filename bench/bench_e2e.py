@@ -31,7 +31,7 @@ import torch
 import specdecode as sd
 from bench import plots
 from bench.prompts import PROMPTS, weights_available
-from bench.report import OUT_DIR, Section, figure_path, of_kind, save_rows
+from bench.report import OUT_DIR, Log, Section, figure_path, of_kind, save_rows
 from bench.timing import median_ms, torch_threads
 
 TOPIC = "e2e"
@@ -55,7 +55,7 @@ def forward_costs(target, draft, reps: int) -> list[tuple[str, float]]:
     return rows
 
 
-def decode_rows(target, draft, batch_sizes, ks, temperatures, max_new_tokens: int, repeats: int, log=print):
+def decode_rows(target, draft, batch_sizes, ks, temperatures, max_new_tokens: int, repeats: int, log: Log = print):
     """``kind="decode"`` rows: per temperature and batch size, plain decoding (``k = 0``) and one row
     per K, with ``tokens_per_s`` (median over ``repeats``), ``speedup``, ``mean_accepted_length``,
     ``acceptance``, ``hist`` (row-steps that accepted 0..K drafts, summed over repeats) and, greedy
@@ -142,7 +142,7 @@ def run(
     target_dtype: torch.dtype | None = None,
     weights_dir: str | None = None,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """A ``kind="setup"`` row (threads, the pair's ``training_info``), ``kind="forward"`` rows
     (``name``, ``ms``: ``forward_costs``) and the ``kind="decode"`` rows of ``decode_rows``; no rows

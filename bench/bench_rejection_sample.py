@@ -28,7 +28,7 @@ import torch
 
 import specdecode as sd
 from bench import plots
-from bench.report import OUT_DIR, Section, figure_path, save_rows, torch_setup
+from bench.report import OUT_DIR, Log, Section, figure_path, save_rows, torch_setup
 from bench.timing import copy_bandwidth_gbs, median_ms, torch_threads
 from specdecode.reference import rejection_sample as ref
 
@@ -96,7 +96,7 @@ def run(
     min_seconds: float = 1.0,
     threads: int | None = None,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """One row per (B, K, V): ``shape``, ``accept_rate``, the median ms of every contender
     (``specdecode``, ``reference``, ``multinomial``, ``hf`` when measured), ``floor`` (ms) and

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 import specdecode as sd
-from bench.report import OUT_DIR, Section, save_rows, torch_setup
+from bench.report import OUT_DIR, Log, Section, save_rows, torch_setup
 from bench.timing import copy_bandwidth_gbs, median_us, torch_threads
 
 TOPIC = "topk_prune"
@@ -55,7 +55,7 @@ def run(
     min_seconds: float = 0.3,
     threads: int | None = None,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """One row per (P prompts, n candidates): ``P``, ``n``, the median µs of ``op``,
     ``topk_prune`` and ``topk_loop``, and ``floor_us`` (rewards read + mask written at the copy

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from bench.report import OUT_DIR, Section, of_kind, save_rows
+from bench.report import OUT_DIR, Log, Section, of_kind, save_rows
 from specdecode.kernels._aot import compile_in_subprocess
 
 TOPIC = "gpu_report"
@@ -238,7 +238,7 @@ def run(
     name_filter: str | None = None,
     acceptance: float = 0.7,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """Compile and model. Rows: one ``kind="compile"`` row per (AOT case, target) as
     ``compile_in_subprocess`` returns it, then the ``kind="bytes"`` rows of ``bytes_rows``, each

@@ -5,6 +5,10 @@ Every benchmark's ``run(...)`` returns rows (a list of JSON-ready dicts) and sav
 prose, tables and figures. The same ``Section`` prints on the terminal (a benchmark's own CLI)
 and becomes one part of the markdown report (``python -m bench``), so both show one rendering of
 one set of numbers.
+
+A benchmark module has ``TOPIC`` (the name of its JSON file), ``settings(quick)`` (``run``'s
+arguments for the full or the ``--quick`` run), ``run(**settings, out_dir=..., log=...)`` and
+``section(rows, figures_dir)``; ``python -m bench`` relies on nothing else.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +26,7 @@ import torch
 from bench.plots import format_table, markdown_table
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+Log = Callable[..., object]  # where a benchmark's progress lines go: print, or a no-op
 
 # ----------------------------------------------------------------------------- rows as JSON
 

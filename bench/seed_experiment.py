@@ -33,7 +33,7 @@ import torch
 import specdecode as sd
 from bench import plots
 from bench.prompts import weights_available
-from bench.report import OUT_DIR, Section, figure_path, of_kind, save_rows
+from bench.report import OUT_DIR, Log, Section, figure_path, of_kind, save_rows
 from specdecode.decoder.tokenizer import tokenizer
 from specdecode.stats import chi2_sf, chi_square
 
@@ -220,7 +220,7 @@ def run(
     seed: int = 0,
     weights_dir: str | None = None,
     out_dir: str | None = OUT_DIR,
-    log=print,
+    log: Log = print,
 ) -> list[dict]:
     """Rows: one ``kind="sampling"`` row per (p, q) pair (``run_pair``'s dict), a ``kind="greedy"``
     row (``greedy_side_by_side``'s dict) when the weights are there, and a ``kind="note"`` row
