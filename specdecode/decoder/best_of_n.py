@@ -79,7 +79,14 @@ from specdecode.core import check_int, inverse_cdf_sample, is_int, num_keep_from
 from specdecode.decoder.generate import decode_one_token
 from specdecode.decoder.model import Transformer
 from specdecode.decoder.rewards import LogLikelihoodReward, Reward, RewardModel, score  # noqa: F401  (RewardModel: re-exported)
-from specdecode.decoder.state import DecodeState, Prompts, SamplingSettings, check_model, encode_prompts
+from specdecode.decoder.state import (
+    DecodeState,
+    Prompts,
+    SamplingSettings,
+    check_model,
+    encode_prompts,
+    response_tokens,
+)
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
 from specdecode.ops.compact_kv import compact_kv_cache_
 from specdecode.ops.topk_prune import topk_prune
@@ -605,8 +612,7 @@ def _select(batch: CandidateBatch, scorer: _RewardScorer) -> BestOfNOutput:
     best = done[topk_prune(values, sizes, num_keep=[1] * P).kept_indices]  # every prompt has one finished
     candidate_rewards = torch.full((P * n,), float("nan"), device=values.device)
     candidate_rewards[done] = values
-    archive = DecodeState(batch.final_tokens, batch.final_lengths, plens, batch.status == FINISHED, (), ())
-    tokens, num_tokens = archive.new_tokens(max_new_tokens)
+    tokens, num_tokens = response_tokens(batch.final_tokens, plens, batch.final_lengths - plens, max_new_tokens)
     return BestOfNOutput(
         tokens=tokens[best],
         num_tokens=num_tokens[best],

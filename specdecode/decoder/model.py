@@ -61,7 +61,8 @@ class KVCache:
     Rows ``0..B-1`` serve a forward pass of batch ``B``, so after compacting survivors into the
     first rows a smaller batch just keeps going. ``lengths [batch]`` (int64) is the number of
     valid positions of each row; the model reads it as the default start position but never
-    changes it — the caller advances it after accepting tokens and moves it back to roll back.
+    changes it — the caller advances it after accepting tokens and moves it back to roll back
+    (the decoders do so through ``specdecode.decoder.state.DecodeState``).
     """
 
     def __init__(

@@ -205,11 +205,18 @@ class DecodeState:
         for name, tensor in zip(self.ROW_TENSORS, tensors, strict=True):
             setattr(self, name, tensor)
 
-    def new_tokens(self, max_new_tokens: int, num_new: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Each row's new tokens as ``([B, max_new_tokens] int64, NO_TOKEN-padded; [B] counts)``:
-        the first ``num_new`` (default: all committed) of them, at most ``max_new_tokens``."""
-        num_new = self.num_new() if num_new is None else num_new
-        num_tokens = num_new.clamp_max(max_new_tokens)
-        slots = torch.arange(max_new_tokens, device=self.tokens.device)
-        gathered = self.tokens.gather(1, (self.prompt_lengths[:, None] + slots).clamp_max(self.tokens.shape[1] - 1))
-        return torch.where(slots < num_tokens[:, None], gathered, NO_TOKEN), num_tokens
+    def new_tokens(self, max_new_tokens: int) -> tuple[Tensor, Tensor]:
+        """Each row's committed new tokens, at most ``max_new_tokens`` (``response_tokens``)."""
+        return response_tokens(self.tokens, self.prompt_lengths, self.num_new(), max_new_tokens)
+
+
+def response_tokens(
+    tokens: Tensor, prompt_lengths: Tensor, num_new: Tensor, max_new_tokens: int
+) -> tuple[Tensor, Tensor]:
+    """The first ``num_new [B]`` (at most ``max_new_tokens``) tokens after each row's prompt in
+    ``tokens [B, S]`` (``prompt_lengths [B]``), as ``([B, max_new_tokens] int64, NO_TOKEN after
+    each row's end; [B] counts)``."""
+    num_tokens = num_new.clamp_max(max_new_tokens)
+    slots = torch.arange(max_new_tokens, device=tokens.device)
+    gathered = tokens.gather(1, (prompt_lengths[:, None] + slots).clamp_max(tokens.shape[1] - 1))
+    return torch.where(slots < num_tokens[:, None], gathered, NO_TOKEN), num_tokens
