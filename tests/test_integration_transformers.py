@@ -420,3 +420,75 @@ def test_text_reward_sees_decoded_text():
     tokenizer = word_level_tokenizer()
     reward = hf.TextReward(lambda prompts, responses: [len(set(r.split())) for r in responses], tokenizer)
     assert reward.score([[1], [2]], [[5, 5, 6], [7]]).tolist() == [2.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# HF's own generate(assistant_model=...) with this package's verifier
+# ---------------------------------------------------------------------------------------------
+
+
+def test_assisted_generate_verifies_with_specdecode(target, draft, monkeypatch):
+    import specdecode.integrations.hf_assisted as hf_assisted
+
+    calls = []
+
+    def counting_rejection_sample(*args, **kwargs):
+        calls.append(args[0].shape)
+        return rejection_sample(*args, **kwargs)
+
+    monkeypatch.setattr(hf_assisted, "rejection_sample", counting_rejection_sample)
+    ids, mask = left_padded_prompts(1)
+    with hf.assisted_generation_verifier():
+        assert hf_assisted._uses_specdecode()
+        torch.manual_seed(0)
+        out = target.generate(
+            ids, attention_mask=mask, assistant_model=draft, do_sample=True, max_new_tokens=16, pad_token_id=0
+        )
+    assert not hf_assisted._uses_specdecode()  # transformers' own verifier is back
+    assert out.shape == (1, ids.shape[1] + 16) and calls and all(shape[0] == 1 for shape in calls)
+    with hf.assisted_generation_verifier():  # reproducible under torch.manual_seed
+        torch.manual_seed(0)
+        again = target.generate(
+            ids, attention_mask=mask, assistant_model=draft, do_sample=True, max_new_tokens=16, pad_token_id=0
+        )
+    assert again.tolist() == out.tolist()
+
+
+def test_assisted_verifier_refuses_untested_transformers(monkeypatch):
+    import transformers
+
+    import specdecode.integrations.hf_assisted as hf_assisted
+
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    with pytest.raises(RuntimeError, match="tested with transformers 5.23"):
+        with hf.assisted_generation_verifier():
+            pass
+    assert not hf_assisted._uses_specdecode()
+    with pytest.raises(ValueError, match="lossless"):
+        hf.specdecode_speculative_sampling(
+            torch.zeros(1, 3, dtype=torch.int64), torch.zeros(1, 1, 8), 1, torch.zeros(1, 2, 8), 0.5
+        )
+
+
+def test_assisted_verifier_is_lossless():
+    """transformers' call, K = 2 candidates drawn from the assistant: the first emitted token
+    follows the target's first distribution, and the test rejects the assistant's (power)."""
+    generator = torch.Generator().manual_seed(0)
+    vocab, num_calls = 16, 3000
+    new_logits = 2 * torch.randn(1, 3, vocab, generator=generator)
+    candidate_logits = new_logits[:, :2] + torch.randn(1, 2, vocab, generator=generator)
+    q = candidate_logits.softmax(-1)[0]
+    first = torch.zeros(vocab, dtype=torch.int64)
+    drafted_first = torch.zeros(vocab, dtype=torch.int64)
+    torch.manual_seed(1)
+    for _ in range(num_calls):
+        candidates = torch.stack([torch.multinomial(q[i], 1, generator=generator)[0] for i in range(2)])
+        ids = torch.cat([torch.tensor([5, 6]), candidates])[None]
+        tokens, n_matches = hf.specdecode_speculative_sampling(ids, candidate_logits, 2, new_logits)
+        assert tokens.shape == (1, int(n_matches) + 1)
+        first[tokens[0, 0]] += 1
+        drafted_first[candidates[0]] += 1
+    p_first = new_logits[0, 0].softmax(-1).double()
+    assert_fits(first, p_first, FALSE_ALARM_RATE, "first token")
+    with pytest.raises(AssertionError):
+        assert_fits(drafted_first, p_first, FALSE_ALARM_RATE, "the assistant's own first token")

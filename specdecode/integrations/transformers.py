@@ -16,6 +16,7 @@ Modules: ``hf_common`` (distributions, cache compaction, KV sizes), ``hf_specula
 ``hf_best_of_n``, ``hf_assisted``.
 """
 
+from specdecode.integrations.hf_assisted import assisted_generation_verifier, specdecode_speculative_sampling
 from specdecode.integrations.hf_best_of_n import (
     BestOfNOutput,
     ClassifierReward,
@@ -47,6 +48,8 @@ __all__ = [
     "ClassifierReward",
     "as_reward",
     "kv_bytes_per_token",
+    "assisted_generation_verifier",
+    "specdecode_speculative_sampling",
     "fit_vocab",
     "TESTED_TRANSFORMERS_VERSIONS",
 ]
