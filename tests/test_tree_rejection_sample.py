@@ -18,6 +18,7 @@ import pytest
 import torch
 from stats import assert_fits
 
+import specdecode  # noqa: F401  (registers torch.ops.specdecode.*)
 from specdecode.reference import rejection_sample as chain_ref
 from specdecode.reference import tree_rejection_sample as ref
 from specdecode.stats import chi2_sf, chi_square
@@ -33,7 +34,11 @@ def _run_reference(*args, block_v=None):
     return tuple(ref.tree_rejection_sample(*args))
 
 
-BACKENDS = {"reference": _run_reference}
+def _run_cpp(*args, block_v=None):
+    return tuple(torch.ops.specdecode.tree_rejection_sample(*args))
+
+
+BACKENDS = {"reference": _run_reference, "cpp": _run_cpp}
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -47,7 +52,8 @@ def verify(backend, ids, parents, draft_probs, target, greedy=False, seed=0, off
     greedy_mask = greedy if isinstance(greedy, torch.Tensor) else torch.full((batch,), greedy)
     seeds = seed if isinstance(seed, torch.Tensor) else torch.tensor([seed])
     offsets = offset if isinstance(offset, torch.Tensor) else torch.tensor([offset])
-    return backend(ids.long(), parents.long(), draft_probs, target, greedy_mask, seeds, offsets, without_replacement)
+    ids, parents = ids.long().contiguous(), parents.long().contiguous()  # the raw op's layout
+    return backend(ids, parents, draft_probs, target, greedy_mask, seeds, offsets, without_replacement)
 
 
 def one_hot_rows(token_ids: list[int], vocab_size: int) -> torch.Tensor:
@@ -389,7 +395,7 @@ STAT_CASES = ["fixed", "iid", "without_replacement"]
 
 @pytest.mark.parametrize("case", STAT_CASES)
 def test_first_two_tokens_follow_target(case):
-    models, tokens, accepted = run_stat_case(_run_reference, case, 40_000, seed=1)
+    models, tokens, accepted = run_stat_case(_run_cpp, case, 40_000, seed=1)
     assert float((accepted == 0).float().mean()) > 0.1  # the root's residual path is exercised
     checks = assert_first_two_tokens_follow_target(models, tokens, accepted, case)
     assert checks >= 3
@@ -422,3 +428,46 @@ def test_the_naive_rule_fails_the_same_test():
     counts = torch.bincount(naive_first_token(models, 40_000, seed=3), minlength=STAT_VOCAB)
     stat, df = chi_square(counts, models.q0)
     assert chi2_sf(stat, df) < FALSE_ALARM
+
+
+# ------------------------------------------------------------------------------------------
+# Kernels vs reference on random trees: same random stream, same output
+# ------------------------------------------------------------------------------------------
+
+
+def random_tree_case(batch: int, num_nodes: int, vocab: int, dtype: torch.dtype, seed: int):
+    """Random trees (random parents, some padding), drafts from p with iid repeats, targets
+    mostly far from the drafts so that several siblings per node get rejected."""
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.arange(num_nodes)
+    parents = (torch.rand(batch, num_nodes, generator=gen) * (index + 1)).long() - 1  # uniform in [-1, i)
+    target = random_probs(batch, num_nodes + 1, vocab, temperature=0.5, dtype=dtype, generator=gen)
+    group_rows = random_probs(batch, num_nodes + 1, vocab, temperature=0.5, generator=gen)
+    draft_probs = group_rows.gather(1, (parents + 1)[..., None].expand(-1, -1, vocab)).to(dtype)  # siblings share p
+    ids = torch.multinomial(draft_probs.float().reshape(-1, vocab), 1, generator=gen).reshape(batch, num_nodes)
+    ids[torch.rand(batch, num_nodes, generator=gen) < 0.05] = PADDING
+    greedy = torch.rand(batch, generator=gen) < 0.2
+    return ids, parents, draft_probs, target, greedy
+
+
+KERNEL_GRID = [  # (B, T, V)
+    (4, 1, 2),
+    (6, 7, 33),
+    (8, 12, 64),
+    (3, 16, 1000),
+]
+
+
+@pytest.mark.parametrize("batch,num_nodes,vocab", KERNEL_GRID)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["one-hot", "iid", "without_replacement"])
+@pytest.mark.parametrize("kernel", [name for name in BACKENDS if name != "reference"])
+def test_kernel_matches_reference(kernel, mode, dtype, batch, num_nodes, vocab):
+    ids, parents, draft_probs, target, greedy = random_tree_case(batch, num_nodes, vocab, dtype, seed=vocab + num_nodes)
+    draft_probs = None if mode == "one-hot" else draft_probs
+    seeds = torch.randint(0, 2**62, (batch,)) if batch % 2 else torch.tensor([1234])
+    args = (ids, parents, draft_probs, target, greedy, seeds, torch.tensor([7]), mode == "without_replacement")
+    got = verify(BACKENDS[kernel], *args)
+    expected = verify(_run_reference, *args)
+    for name, a, b in zip(("token_ids", "accepted_nodes", "num_accepted"), got, expected):
+        assert torch.equal(a, b), f"{name}: {kernel}\n{a}\nreference\n{b}"
