@@ -81,30 +81,35 @@ def failed_section(name: str, error: str) -> Section:
     return section
 
 
+def section_for(name: str, args: argparse.Namespace) -> Section | None:
+    """Section ``name`` rendered from its rows: run now, or read back with ``--render`` (None when
+    there are none to read)."""
+    module = importlib.import_module(SECTIONS[name])
+    if args.render:
+        if not os.path.exists(rows_path(module.TOPIC, args.out)):
+            print(f"(no rows at {rows_path(module.TOPIC, args.out)}: skipped)")
+            return None
+        rows = load_rows(module.TOPIC, args.out)
+    else:
+        rows = run_section(module, args.quick, args.threads, args.weights, args.out)
+    return module.section(rows, args.out)
+
+
 def collect(chosen: list[str], args: argparse.Namespace) -> list[Section]:
-    """Each chosen section's rows (run now, or read back with ``--render``) rendered as a Section."""
+    """The chosen sections, in order; one that raises (even on import) becomes a FAILED section."""
     sections = []
     for i, name in enumerate(chosen):
-        module = importlib.import_module(SECTIONS[name])
         print(f"\n===== [{i + 1}/{len(chosen)}] {name} =====", flush=True)
         start = time.perf_counter()
         try:
-            if args.render:
-                rows = load_rows(module.TOPIC, args.out)
-            else:
-                rows = run_section(module, args.quick, args.threads, args.weights, args.out)
-            section = module.section(rows, args.out)
-            print(section.terminal(), flush=True)
-        except FileNotFoundError:
-            if not args.render:
-                raise
-            print(f"(no rows at {rows_path(module.TOPIC, args.out)}: skipped)")
-            continue
+            section = section_for(name, args)
         except Exception:  # report it, keep going with the other sections
             error = traceback.format_exc()
             print(error, file=sys.stderr, flush=True)
             section = failed_section(name, error)
-        sections.append(section)
+        if section is not None:
+            print(section.terminal(), flush=True)
+            sections.append(section)
         print(f"===== {name}: {time.perf_counter() - start:.0f} s =====", flush=True)
     return sections
 

@@ -22,13 +22,13 @@ medians over repeated calls with warm caches, for every contender alike.
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 import torch
 
 import specdecode as sd
 from bench import plots
-from bench.report import OUT_DIR, Log, Section, figure_path, save_rows, torch_setup
+from bench.report import OUT_DIR, Log, Section, figure_path, microbenchmark_main, save_rows
 from bench.timing import copy_bandwidth_gbs, median_ms, torch_threads
 from specdecode.reference import rejection_sample as ref
 
@@ -203,13 +203,9 @@ def section(rows: list[dict], figures_dir: str | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two shapes, fewer repetitions")
-    parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
-    args = parser.parse_args(argv)
-    print(torch_setup(args.threads) + "; float32 probabilities")
-    rows = run(**settings(args.quick), threads=args.threads)
-    print(section(rows).terminal())
+    microbenchmark_main(
+        sys.modules[__name__], argv, quick_help="two shapes, fewer repetitions", setup_note="float32 probabilities"
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ Rows: ``run(...)`` returns them and saves ``bench/out/topk_prune.json``.
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 import torch
 
 import specdecode as sd
-from bench.report import OUT_DIR, Log, Section, save_rows, torch_setup
+from bench.report import OUT_DIR, Log, Section, microbenchmark_main, save_rows
 from bench.timing import copy_bandwidth_gbs, median_us, torch_threads
 
 TOPIC = "topk_prune"
@@ -132,13 +132,12 @@ def section(rows: list[dict], figures_dir: str | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shapes")
-    parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
-    args = parser.parse_args(argv)
-    print(torch_setup(args.threads) + "; float32 rewards, alpha = 0.5")
-    rows = run(**settings(args.quick), threads=args.threads)
-    print(section(rows).terminal())
+    microbenchmark_main(
+        sys.modules[__name__],
+        argv,
+        quick_help="fewer repetitions and shapes",
+        setup_note="float32 rewards, alpha = 0.5",
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ arguments for the full or the ``--quick`` run), ``run(**settings, out_dir=..., l
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 
@@ -120,9 +122,16 @@ class Section:
         return "\n\n".join(chunks)
 
 
-def torch_setup(threads: int | None = None) -> str:
-    """ "torch <version>, <n> threads": the first line a benchmark's CLI prints."""
-    return f"torch {torch.__version__}, {threads or torch.get_num_threads()} threads"
+def microbenchmark_main(module: ModuleType, argv: list[str] | None, quick_help: str, setup_note: str) -> None:
+    """The CLI of an op microbenchmark: ``--quick`` and ``--threads``, a first line with torch's
+    version, the threads and ``setup_note``, then the module's section rendered from its rows."""
+    parser = argparse.ArgumentParser(description=module.__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads; {setup_note}")
+    rows = module.run(**module.settings(args.quick), threads=args.threads)
+    print(module.section(rows).terminal())
 
 
 def figure_path(figures_dir: str | None, name: str) -> str | None:
