@@ -246,6 +246,8 @@ BAD_GENERATION_ARGS = [
     (dict(prompts=[[256, VOCAB_SIZE]]), ValueError, "prompts"),
     (dict(prompts=torch.tensor([[256, -1]])), ValueError, "prompts"),
     (dict(prompts=torch.tensor([256, 97])), ValueError, "prompts"),
+    (dict(prompts=torch.zeros((0, 3), dtype=torch.int64)), ValueError, "prompts"),
+    (dict(prompts=[]), ValueError, "prompts"),
     (dict(generator=0), TypeError, "generator"),
     (dict(eos_id=2.0), TypeError, "eos_id"),
 ]

@@ -175,10 +175,9 @@ class CandidateBatch:
         self.num_prompts, width = ids.shape
         total = self.num_prompts * n
         device = ids.device
-        self.seq_len = width + max_new_tokens
-        self.cache = model.new_cache(total, self.seq_len)
+        self.cache = model.new_cache(total, width + max_new_tokens)
         self.state = DecodeState.start(
-            ids.repeat_interleave(n, 0), prompt_lengths.repeat_interleave(n), self.seq_len, [self.cache], trails=[1]
+            ids.repeat_interleave(n, 0), prompt_lengths.repeat_interleave(n), width + max_new_tokens, [self.cache], [1]
         )
         self.cand = torch.arange(total, device=device)
         self.logits = None

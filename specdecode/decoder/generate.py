@@ -183,8 +183,8 @@ def generate(
         token = sampling.sample(sampling.probs(logits))
         token = torch.where(state.active, token, PAD_ID)  # frozen rows feed PAD at their frozen position
         state.commit_(token[:, None], state.active.long())
-        if eos_id is not None:
-            state.active = state.active & (token != eos_id)
+        if sampling.eos_id is not None:
+            state.active = state.active & (token != sampling.eos_id)
         if step == max_new_tokens - 1 or not bool(state.active.any()):  # the one host sync per step
             break
         logits = decode_one_token(model, cache, token)

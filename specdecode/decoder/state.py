@@ -89,8 +89,10 @@ def encode_prompts(
     prompt id must lie in ``[0, vocab_size)``. Bad prompts raise ``TypeError``/``ValueError``
     naming ``prompts``."""
     if isinstance(prompts, Tensor):
-        if prompts.dim() != 2 or prompts.shape[1] == 0:
-            raise ValueError(f"prompts: a prompt tensor must be [B, P] with P > 0, got shape {list(prompts.shape)}")
+        if prompts.dim() != 2 or prompts.numel() == 0:
+            raise ValueError(
+                f"prompts: a prompt tensor must be [B, P] with B > 0 and P > 0, got shape {list(prompts.shape)}"
+            )
         _check_integer_ids(prompts.dtype)
         ids = prompts.to(device=device, dtype=torch.int64)
         lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.int64, device=device)
