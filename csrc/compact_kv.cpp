@@ -62,7 +62,7 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
     if (d != batch_dim) row_dims.push_back({data.size(d), data.stride(d)});
   }
   TORCH_CHECK(is_non_overlapping(all_dims),
-              "compact_kv_: the tensor's elements overlap or interleave in memory (e.g. an expanded "
+              "compact_kv_: data's elements overlap or interleave in memory (e.g. an expanded "
               "view); it cannot be compacted in place");
   // Memory order (largest stride first), then merge dims that continue each other.
   std::sort(row_dims.begin(), row_dims.end(), [](const Dim& a, const Dim& b) { return a.stride > b.stride; });
@@ -81,7 +81,7 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
     merged.pop_back();
   }
   TORCH_CHECK(merged.size() <= 2,
-              "compact_kv_: a row of this tensor is not [outer, mid, contiguous inner] in memory (", merged.size(),
+              "compact_kv_: a row of data is not [outer, mid, contiguous inner] in memory (", merged.size(),
               " strided dims after merging); compaction in place supports at most two");
   if (merged.size() >= 1) layout.outer = merged[0].size, layout.outer_stride = merged[0].stride;
   if (merged.size() == 2) layout.mid = merged[1].size, layout.mid_stride = merged[1].stride;
@@ -91,7 +91,7 @@ RowLayout row_layout(const at::Tensor& data, int64_t batch_dim) {
 void check_kept_indices(const at::Tensor& kept, int64_t num_rows) {
   TORCH_CHECK(kept.dim() == 1 && kept.scalar_type() == at::kLong, "compact_kv_: kept_indices must be 1-D int64, got ",
               kept.scalar_type(), " of shape ", kept.sizes());
-  TORCH_CHECK(kept.numel() <= num_rows, "compact_kv_: ", kept.numel(), " kept indices for only ", num_rows, " rows");
+  TORCH_CHECK(kept.numel() <= num_rows, "compact_kv_: kept_indices has ", kept.numel(), " entries for only ", num_rows, " rows");
   const int64_t* idx = kept.data_ptr<int64_t>();
   for (int64_t i = 0; i < kept.numel(); ++i) {
     TORCH_CHECK(idx[i] >= 0 && idx[i] < num_rows, "compact_kv_: kept_indices[", i, "] = ", idx[i],

@@ -185,7 +185,7 @@ def test_empty_kept_set_and_all_rows():
         ([1, 1], r"\(a duplicate\)"),
         ([0, 4], r"kept_indices\[1\] = 4 is outside \[0, 4\)"),
         ([-1, 2], r"kept_indices\[0\] = -1 is outside"),
-        ([0, 1, 2, 3, 3], "5 kept indices for a batch of only 4 rows"),
+        ([0, 1, 2, 3, 3], "kept_indices has 5 entries for a batch of only 4 rows"),
     ],
 )
 def test_bad_kept_indices(kept, match):

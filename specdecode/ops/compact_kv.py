@@ -100,7 +100,10 @@ def compact_kv_cache_(
     # Everything is checked before any tensor is touched.
     for i, (tensor, dim) in enumerate(zip(tensors, batch_dims)):
         _check_writable(f"cache[{i}]", tensor)
-        row_layout(tensor, dim)
+        try:
+            row_layout(tensor, dim)
+        except ValueError as error:
+            raise ValueError(f"cache[{i}]: {error}") from None
     to_compact = _distinct_tensors(tensors, batch_dims, kept_indices)
     num_kept = kept_indices.numel()
     for i in to_compact:
@@ -175,7 +178,7 @@ def _check_kept_indices(kept_indices, tensors, batch_dims, validate: bool) -> to
         raise ValueError(f"cache tensors have different batch sizes along their batch dims: {sizes}")
     num_rows = rows.pop() if rows else 0
     if kept_indices.numel() > num_rows:
-        raise ValueError(f"{kept_indices.numel()} kept indices for a batch of only {num_rows} rows")
+        raise ValueError(f"kept_indices has {kept_indices.numel()} entries for a batch of only {num_rows} rows")
     for i, tensor in enumerate(tensors):
         if tensor.device != kept_indices.device:
             raise ValueError(f"cache tensor {i} is on {tensor.device} but kept_indices is on {kept_indices.device}")

@@ -95,6 +95,11 @@ def rejection_sample(
         accepted drafts, then the residual or bonus token, then ``-1``; ``num_accepted`` ``[B]``
         int64 counts accepted drafts (tokens emitted = ``num_accepted + 1``). Emitted ids are
         always in ``[0, V)``, whatever the input values. Inputs are never modified.
+
+    Bound on unnormalised input: the C++ kernel sums in float64 where float32 would overflow,
+    as the reference does. The Triton kernel sums each tile in float32: if the positive weights
+    of one tile sum past float32's maximum (~3.4e38, entries near it), the row emits its last
+    positive id -- still in ``[0, V)``, but not the reference's draw.
     """
     draft_token_ids, draft_probs, target_probs = _check_shapes(draft_token_ids, draft_probs, target_probs)
     batch_size, device = draft_token_ids.shape[0], target_probs.device
@@ -156,6 +161,8 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
     vocab_size = target_probs.shape[2]
     if vocab_size == 0:
         raise ValueError("target_probs has an empty vocabulary (V = 0)")
+    if vocab_size >= 2**31:  # checked before any copy: an expanded row could be gigabytes
+        raise ValueError(f"target_probs has V = {vocab_size}; the kernels take V < 2^31")
     device = target_probs.device
     if draft_token_ids.device != device:
         raise ValueError(f"draft_token_ids is on {draft_token_ids.device} but target_probs is on {device}")
