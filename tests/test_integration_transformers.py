@@ -176,7 +176,7 @@ def test_ragged_acceptance_keeps_the_cache_bounded(target):
     hist = stats["accepted_hist"]
     assert int((hist > 0).sum()) >= 2, f"acceptance was not ragged: {hist.tolist()}"
     assert stats["repacks"] >= 1
-    assert stats["max_dead_columns"] <= 2 * (k + 1) + k
+    assert 0 < stats["max_dead_columns"] <= 2 * (k + 1)
     assert stats["cache_length"] <= ids.shape[1] + max_new_tokens + 2 * (k + 1) + k
 
 
@@ -460,7 +460,7 @@ def test_assisted_verifier_refuses_untested_transformers(monkeypatch):
     import specdecode.integrations.hf_assisted as hf_assisted
 
     monkeypatch.setattr(transformers, "__version__", "5.99.0")
-    with pytest.raises(RuntimeError, match="tested with transformers 5.23"):
+    with pytest.raises(RuntimeError, match="tested with transformers 5.23.x, 5.24.x"):
         with hf.assisted_generation_verifier():
             pass
     assert not hf_assisted._uses_specdecode()

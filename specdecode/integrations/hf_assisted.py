@@ -80,9 +80,10 @@ def specdecode_speculative_sampling(
 
 def _check_version() -> None:
     version = transformers.__version__
-    if not any(version == tested or version.startswith(tested + ".") for tested in TESTED_TRANSFORMERS_VERSIONS):
+    if not any(version == v or version.startswith(v + ".") for v in TESTED_TRANSFORMERS_VERSIONS):
+        tested = ", ".join(f"{v}.x" for v in TESTED_TRANSFORMERS_VERSIONS)
         raise RuntimeError(
-            f"assisted_generation_verifier is tested with transformers {', '.join(TESTED_TRANSFORMERS_VERSIONS)}.x, "
+            f"assisted_generation_verifier is tested with transformers {tested}, "
             f"not {version}: it replaces a private function whose signature changes between minor versions. "
             "Install a tested version (pip install 'specdecode[hf]'), or use "
             "specdecode.integrations.transformers.speculative_generate, which uses only public transformers APIs."

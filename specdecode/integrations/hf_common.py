@@ -23,7 +23,7 @@ from specdecode.ops.compact_kv import compact_kv_cache_
 __all__ = ["SamplingConfig", "fit_vocab", "compact_hf_cache_", "eos_ids", "TESTED_TRANSFORMERS_VERSIONS"]
 
 # The transformers releases the tests of this integration ran against (the `hf` extra pins this range).
-TESTED_TRANSFORMERS_VERSIONS = ("5.23",)
+TESTED_TRANSFORMERS_VERSIONS = ("5.23", "5.24")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,13 @@ get their own ``position_ids`` (the number of live columns before them), so RoPE
 if it were alone. After a verify the cache is cropped to the longest accepted run, so a step
 leaves ``max(accepted) - accepted[b]`` dead slots in row ``b`` and none at batch 1. When more than
 ``2 (K + 1)`` columns are dead in every row, the live columns of each row are gathered to the
-right (a repack: keys already carry their rotary positions, so only the mask moves with them) --
-the cache never holds more than ``longest row + 2 (K + 1)`` columns. Finished rows leave the batch
-(``compact_hf_cache_``). ``stats`` reports the dead slots.
+right (a repack: keys already carry their rotary positions, so only the mask moves with them), so
+every step starts from at most ``longest live row + 2 (K + 1)`` columns, however long the run.
+Finished rows leave the batch (``compact_hf_cache_``). ``stats`` reports the dead slots.
+
+Measured (tiny Llama pair, K = 4, 96 new tokens, 7-token prompts): batch 1 has no dead slot; at
+batch 4 and 8 the cache ends at 100-107 columns with repacking against 154-205 without, and
+14-17% of the slots the forwards read are dead (left padding included) against 31-50%.
 """
 
 from __future__ import annotations
@@ -221,8 +225,9 @@ class _SpeculativeRun:
         rows = self.rows
         length = rows.mask.shape[1]
         reclaimable = length - int(rows.num_live.max())
-        self.stats["max_dead_columns"] = max(self.stats["max_dead_columns"], reclaimable)
         if reclaimable <= 2 * (self.k + 1):
+            # What the next forward carries (measured after the decision, so at most 2 (K + 1)).
+            self.stats["max_dead_columns"] = max(self.stats["max_dead_columns"], reclaimable)
             return
         if self.target_cache.get_seq_length() != self.draft_cache.get_seq_length():
             self._catch_up_draft()
@@ -327,8 +332,8 @@ def speculative_generate(
         row-steps that accepted 0..K drafts), ``mean_accepted_length`` (tokens per row-step),
         ``seconds``, ``cache_length`` / ``dead_slot_fraction`` (of the target cache at the end:
         columns, and the share of row x column slots not attended -- left padding included),
-        ``max_dead_columns`` (columns dead in every row, at most ``2 (K + 1)`` before a repack)
-        and ``repacks``.
+        ``mean_dead_slot_fraction`` (the same, averaged over steps), ``max_dead_columns`` (columns
+        dead in every row when a step starts: at most ``2 (K + 1)``) and ``repacks``.
 
     >>> out = speculative_generate(target, draft, ids, mask, num_draft_tokens=4, max_new_tokens=32)  # doctest: +SKIP
     >>> out.sequences.shape  # doctest: +SKIP
