@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     sections = collect(args.chosen, args)
     command = f"`{' '.join(['python -m bench', *argv])}`" + (" (quick mode: small sizes)" if args.quick else "")
+    command += " (rendered from the saved rows)" if args.render else ""
     path = write_report(sections, command, time.perf_counter() - start, args.out)
     print(f"\nreport: {path}\nrows: {os.path.join(args.out, '<topic>.json')}")
     print("".join(f"figure: {p}\n" for s in sections for p in s.images), end="")
