@@ -17,6 +17,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCach
 import specdecode.integrations.hf_speculative as hf_speculative  # noqa: E402
 import specdecode.integrations.transformers as hf  # noqa: E402
 from specdecode.core import RejectionOutput  # noqa: E402
+from specdecode.integrations.hf_common import cache_argument  # noqa: E402
 from specdecode.ops.rejection_sample import rejection_sample  # noqa: E402
 from tests.stats import assert_fits  # noqa: E402
 
@@ -263,17 +264,17 @@ def test_compacted_cache_gives_the_survivors_logits(target, cache_kind):
     next_ids = torch.randint(3, VOCAB, (5, 1), generator=torch.Generator().manual_seed(6))
     if cache_kind == "dynamic":
         cache = DynamicCache(config=target.config)
-        target(ids, past_key_values=cache)
+        target(ids, **{cache_argument(target): cache})
         cache.crop(-1)  # the layers now hold strided views, as after a rejected draft
         ids = ids[:, :-1]
     else:
         cache = StaticCache(config=target.config, max_cache_len=16)
-        target(ids, past_key_values=cache)
+        target(ids, **{cache_argument(target): cache})
     kept = torch.tensor([1, 3, 4])
     (kept_next,) = hf.compact_hf_cache_(cache, kept, extra=[next_ids.clone()])
     assert kept_next.tolist() == next_ids[kept].tolist()
     assert all(layer.keys.shape[0] == 3 for layer in cache.layers)
-    got = target(kept_next, past_key_values=cache).logits[:, -1]
+    got = target(kept_next, **{cache_argument(target): cache}).logits[:, -1]
     expected = target(torch.cat([ids[kept], next_ids[kept]], 1)).logits[:, -1]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 

@@ -46,7 +46,7 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache
 
 from specdecode.core import inverse_cdf_sample, num_keep_from_alpha, philox4x32
-from specdecode.integrations.hf_common import SamplingConfig, compact_hf_cache_, eos_ids
+from specdecode.integrations.hf_common import SamplingConfig, cache_argument, compact_hf_cache_, eos_ids
 from specdecode.ops.topk_prune import topk_prune
 
 __all__ = [
@@ -245,10 +245,8 @@ class _CandidateBatch:
 
     def _forward(self, tokens: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         self.stats["forwards"] += 1
-        out = self.policy(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True
-        )
-        return out.logits[:, -1]
+        inputs = {"input_ids": tokens, "attention_mask": mask, "position_ids": positions, "use_cache": True}
+        return self.policy(**inputs, **{cache_argument(self.policy): self.cache}).logits[:, -1]
 
     @property
     def size(self) -> int:

@@ -5,6 +5,7 @@ the KV size of an HF model (``kv_bytes_per_token``) and the transformers version
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,14 @@ from transformers.generation.logits_process import (
 
 from specdecode.ops.compact_kv import compact_kv_cache_
 
-__all__ = ["SamplingConfig", "fit_vocab", "compact_hf_cache_", "eos_ids", "TESTED_TRANSFORMERS_VERSIONS"]
+__all__ = [
+    "SamplingConfig",
+    "fit_vocab",
+    "compact_hf_cache_",
+    "eos_ids",
+    "cache_argument",
+    "TESTED_TRANSFORMERS_VERSIONS",
+]
 
 # The transformers releases the tests of this integration ran against (the `hf` extra pins this range).
 TESTED_TRANSFORMERS_VERSIONS = ("5.23", "5.24")
@@ -140,3 +148,10 @@ def eos_ids(eos_token_id: int | Sequence[int] | None, device: torch.device | str
         return None
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     return torch.tensor(ids, dtype=torch.int64, device=device) if ids else None
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model.forward`` takes its KV cache: ``cache`` from transformers 5.24
+    (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` before."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache
 
-from specdecode.integrations.hf_common import SamplingConfig, compact_hf_cache_, eos_ids
+from specdecode.integrations.hf_common import SamplingConfig, cache_argument, compact_hf_cache_, eos_ids
 from specdecode.ops.rejection_sample import rejection_sample
 
 __all__ = ["SpeculativeOutput", "speculative_generate"]
@@ -104,9 +104,8 @@ class _SpeculativeRun:
     def _forward(self, model, cache: Cache, tokens: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         counter = "target_forwards" if model is self.target else "draft_forwards"
         self.stats[counter] += 1
-        return model(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-        ).logits
+        inputs = {"input_ids": tokens, "attention_mask": mask, "position_ids": positions, "use_cache": True}
+        return model(**inputs, **{cache_argument(model): cache}).logits
 
     def _choose(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
         """A draft token per row from ``logits [B, V_draft]`` and the distribution it came from."""
