@@ -361,11 +361,11 @@ def test_memory_budget_decides_when_to_prune(target):
 def test_survivors_next_token_logits_equal_a_recompute(target):
     """After a pruning round compacts the HF cache, every survivor's next-token logits equal a
     fresh forward over its unpadded prompt + response."""
-    from specdecode.integrations.hf_best_of_n import _CandidateBatch, _prune_round
+    from specdecode.integrations.hf_best_of_n import DecodingSettings, _CandidateBatch, _prune_round
 
     ids, mask = left_padded_prompts(2, seed=4)
-    args = dict(max_new_tokens=8, temperature=1.0, top_k=None, top_p=None, eos_token_id=None, seed=3)
-    batch = _CandidateBatch(target, ids, mask, 4, args)
+    settings = DecodingSettings.make(4, 8, 1.0, None, None, eos_token_id=None, pad_token_id=None, seed=3)
+    batch = _CandidateBatch(target, ids, mask, settings)
     for _ in range(3):
         batch.sample()
         batch.forward()
@@ -493,3 +493,32 @@ def test_assisted_verifier_is_lossless():
     assert_fits(first, p_first, FALSE_ALARM_RATE, "first token")
     with pytest.raises(AssertionError):
         assert_fits(drafted_first, p_first, FALSE_ALARM_RATE, "the assistant's own first token")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors, nothing run
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bad_input_names_the_problem(target, draft):
+    ids, mask = left_padded_prompts(2)
+    right_padded = mask.flip(1)
+    with pytest.raises(ValueError, match="left-padded"):
+        hf.speculative_generate(target, draft, ids, right_padded, num_draft_tokens=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="left-padded"):
+        hf.best_of_n(target, residue_reward, ids, right_padded, n=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="temperature"):
+        hf.speculative_generate(
+            target, draft, ids, mask, num_draft_tokens=2, max_new_tokens=4, do_sample=True, temperature=0
+        )
+    with pytest.raises(ValueError, match="exactly one of decision_tokens"):
+        hf.speculative_rejection(target, residue_reward, ids, mask, n=2, alpha=0.5, max_new_tokens=4)
+    with pytest.raises(ValueError, match="3 scores for 2 responses"):
+        hf.TokenReward(lambda prompts, responses: [1.0, 2.0, 3.0]).score([[1], [2]], [[3], [4]])
+    with pytest.raises(ValueError, match="reward_tokenizer"):
+        hf.as_reward(target)  # an HF model as reward needs both tokenizers
+    sliding = tiny_config()
+    sliding.layer_types = ["sliding_attention", "full_attention"]
+    sliding.sliding_window = 4
+    with pytest.raises(ValueError, match="only full-attention models"):
+        hf.speculative_generate(target, LlamaForCausalLM(sliding), ids, mask, num_draft_tokens=2, max_new_tokens=4)

@@ -199,6 +199,31 @@ class BestOfNOutput:
 
 
 @dataclass(frozen=True)
+class DecodingSettings:
+    """How every candidate is decoded (the keyword arguments of ``best_of_n``, grouped).
+    ``make`` fills the defaults: a drawn seed, ``pad_token_id`` = the first EOS id."""
+
+    n: int
+    max_new_tokens: int
+    sampling: SamplingConfig
+    eos_token_id: int | Sequence[int] | None
+    pad_token_id: int | None
+    seed: int
+
+    @classmethod
+    def make(cls, n, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, seed) -> DecodingSettings:
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"n and max_new_tokens must be >= 1; got n={n}, max_new_tokens={max_new_tokens}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        seed = int(torch.randint(2**62, (1,))) if seed is None else seed
+        if pad_token_id is None and eos_token_id is not None:
+            pad_token_id = int(eos_ids(eos_token_id)[0])
+        sampling = SamplingConfig(True, temperature, top_k, top_p)
+        return cls(n, max_new_tokens, sampling, eos_token_id, pad_token_id, seed)
+
+
+@dataclass(frozen=True)
 class PruningSchedule:
     """When Speculative Rejection prunes, and how much: ``alpha`` with either ``decision_tokens``
     or ``memory_budget`` (bytes of live KV)."""
@@ -212,17 +237,17 @@ class _CandidateBatch:
     """The live rows: per-row tensors (batch dim 0, compacted with the cache) and the archive of
     every candidate's tokens indexed by candidate id ``g * n + j``."""
 
-    def __init__(self, policy, input_ids: Tensor, attention_mask: Tensor, n: int, args: dict) -> None:
-        self.policy, self.n = policy, n
+    def __init__(self, policy, input_ids: Tensor, attention_mask: Tensor, settings: DecodingSettings) -> None:
+        self.policy, self.n = policy, settings.n
         self.num_prompts, self.prompt_width = input_ids.shape
-        self.sampling = SamplingConfig(True, args["temperature"], args["top_k"], args["top_p"])
-        self.eos = eos_ids(args["eos_token_id"], input_ids.device)
-        self.max_new_tokens = args["max_new_tokens"]
-        self.seed = args["seed"]
+        self.sampling = settings.sampling
+        self.eos = eos_ids(settings.eos_token_id, input_ids.device)
+        self.max_new_tokens = settings.max_new_tokens
+        self.seed = settings.seed
         self.vocab_size = policy.get_output_embeddings().weight.shape[0]
         self.device = input_ids.device
         self.prompt_rows = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
-        total = self.num_prompts * n
+        total = self.num_prompts * self.n
         self.tokens = torch.full((total, self.max_new_tokens), -1, dtype=torch.int64, device=self.device)
         self.num_tokens = torch.zeros(total, dtype=torch.int64, device=self.device)
         self.finished = torch.zeros(total, dtype=torch.bool, device=self.device)
@@ -324,9 +349,9 @@ def _is_decision_point(batch: _CandidateBatch, schedule: PruningSchedule, kv_byt
     return over
 
 
-def _run(policy, reward, input_ids, attention_mask, n: int, args: dict, schedule: PruningSchedule | None):
+def _run(policy, reward, input_ids, attention_mask, settings: DecodingSettings, schedule: PruningSchedule | None):
     start = time.perf_counter()
-    batch = _CandidateBatch(policy, input_ids, attention_mask, n, args)
+    batch = _CandidateBatch(policy, input_ids, attention_mask, settings)
     kv_bytes = kv_bytes_per_token(policy)
     while True:
         done = batch.sample()
@@ -337,7 +362,7 @@ def _run(policy, reward, input_ids, attention_mask, n: int, args: dict, schedule
         if schedule is not None and _is_decision_point(batch, schedule, kv_bytes):
             _prune_round(batch, reward, schedule.alpha)
         batch.forward()
-    output = _select(batch, reward, input_ids, args["pad_token_id"])
+    output = _select(batch, reward, input_ids, settings.pad_token_id)
     batch.stats["peak_live_kv_bytes"] = batch.stats.pop("peak_live_kv_tokens") * kv_bytes
     output.stats.update(batch.stats)
     output.stats["seconds"] = time.perf_counter() - start
@@ -369,20 +394,12 @@ def _select(batch: _CandidateBatch, reward, input_ids: Tensor, pad_token_id: int
     )
 
 
-def _prepare(input_ids: Tensor, attention_mask: Tensor | None, n: int, max_new_tokens: int, args: dict):
+def _prompt_mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [P, L] with L > 0; got shape {list(input_ids.shape)}")
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(torch.int64)
     if attention_mask.shape != input_ids.shape or bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("attention_mask must match input_ids and prompts must be left-padded")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"n and max_new_tokens must be >= 1; got n={n}, max_new_tokens={max_new_tokens}")
-    if not args["temperature"] > 0:
-        raise ValueError(f"temperature must be > 0, got {args['temperature']}")
-    if args["seed"] is None:
-        args["seed"] = int(torch.randint(2**62, (1,)))
-    if args["pad_token_id"] is None and args["eos_token_id"] is not None:
-        args["pad_token_id"] = int(eos_ids(args["eos_token_id"])[0])
     return attention_mask
 
 
@@ -425,18 +442,10 @@ def best_of_n(
     >>> out = best_of_n(policy, lambda p, r: [len(set(x)) for x in r], ids, n=8, max_new_tokens=16)  # doctest: +SKIP
     >>> out.sequences.shape, out.best_candidate  # doctest: +SKIP
     """
-    args = dict(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        seed=seed,
-    )
-    attention_mask = _prepare(input_ids, attention_mask, n, max_new_tokens, args)
+    settings = DecodingSettings.make(n, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, seed)
+    attention_mask = _prompt_mask(input_ids, attention_mask)
     scorer = as_reward(reward, tokenizer, reward_tokenizer)
-    return _run(policy, scorer, input_ids, attention_mask, n, args, None)
+    return _run(policy, scorer, input_ids, attention_mask, settings, None)
 
 
 @torch.no_grad()
@@ -481,15 +490,7 @@ def speculative_rejection(
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a real number in [0, 1], got {alpha!r}")
     schedule = PruningSchedule(alpha, None if decision_tokens is None else tuple(decision_tokens), memory_budget)
-    args = dict(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        seed=seed,
-    )
-    attention_mask = _prepare(input_ids, attention_mask, n, max_new_tokens, args)
+    settings = DecodingSettings.make(n, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, seed)
+    attention_mask = _prompt_mask(input_ids, attention_mask)
     scorer = as_reward(reward, tokenizer, reward_tokenizer)
-    return _run(policy, scorer, input_ids, attention_mask, n, args, schedule)
+    return _run(policy, scorer, input_ids, attention_mask, settings, schedule)

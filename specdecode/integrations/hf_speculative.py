@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from specdecode.integrations.hf_common import SamplingConfig, cache_argument, compact_hf_cache_, eos_ids
 from specdecode.ops.rejection_sample import rejection_sample
 
-__all__ = ["SpeculativeOutput", "speculative_generate"]
+__all__ = ["SpeculativeOutput", "SpeculativeSettings", "speculative_generate"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,6 +48,17 @@ class SpeculativeOutput:
     sequences: Tensor
     num_new_tokens: Tensor
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpeculativeSettings:
+    """What one ``speculative_generate`` call was asked for (its keyword arguments, grouped)."""
+
+    num_draft_tokens: int
+    max_new_tokens: int
+    sampling: SamplingConfig
+    eos_token_id: int | Sequence[int] | None
+    seed: int
 
 
 class _RowState:
@@ -74,17 +85,17 @@ class _RowState:
 class _SpeculativeRun:
     """One call of ``speculative_generate``: the caches, the row state and the steps."""
 
-    def __init__(self, target, draft, args: dict) -> None:
+    def __init__(self, target, draft, input_ids: Tensor, settings: SpeculativeSettings) -> None:
         self.target, self.draft = target, draft
-        self.k = args["num_draft_tokens"]
-        self.max_new_tokens = args["max_new_tokens"]
-        self.sampling = SamplingConfig(args["do_sample"], args["temperature"], args["top_k"], args["top_p"])
-        self.eos_ids = eos_ids(args["eos_token_id"], args["input_ids"].device)
+        self.k = settings.num_draft_tokens
+        self.max_new_tokens = settings.max_new_tokens
+        self.sampling = settings.sampling
+        self.device = input_ids.device
+        self.eos_ids = eos_ids(settings.eos_token_id, self.device)
         self.vocab_size = target.get_output_embeddings().weight.shape[0]
-        self.seed = args["seed"]
-        self.device = args["input_ids"].device
+        self.seed = settings.seed
         self.draft_generator = torch.Generator(self.device).manual_seed(self.seed)
-        batch_size = args["input_ids"].shape[0]
+        batch_size = input_ids.shape[0]
         width = self.max_new_tokens + self.k + 1
         self.new_tokens = torch.zeros(batch_size, width, dtype=torch.int64, device=self.device)
         self.num_new = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
@@ -191,14 +202,11 @@ class _SpeculativeRun:
         return torch.cat([mask, mask.new_ones(mask.shape[0], num_new_columns)], 1)
 
     def _commit(self, token_ids: Tensor, accepted: Tensor) -> None:
-        """Append each live row's emitted tokens (``token_ids [B, k]``, ``accepted + 1`` of them)."""
+        """Append each live row's emitted tokens (``token_ids [B, k]``, the first ``accepted + 1``)."""
         row = self.rows.row
-        slots = self.num_new[row, None] + torch.arange(token_ids.shape[1], device=self.device)
-        valid = torch.arange(token_ids.shape[1], device=self.device) <= accepted[:, None]
-        slots = torch.where(valid, slots, self.new_tokens.shape[1] - 1).clamp_max(self.new_tokens.shape[1] - 1)
-        buffer = self.new_tokens[row]
-        buffer.scatter_(1, slots, torch.where(valid, token_ids, buffer.gather(1, slots)))
-        self.new_tokens[row] = buffer
+        for j in range(token_ids.shape[1]):
+            emitted = j <= accepted
+            self.new_tokens[row[emitted], self.num_new[row[emitted]] + j] = token_ids[emitted, j]
         self.num_new[row] += accepted + 1
 
     def finished(self) -> Tensor:
@@ -263,17 +271,19 @@ class _SpeculativeRun:
         return torch.cat([input_ids, new], 1), num_new
 
 
-def _check_speculative_args(target, draft, input_ids: Tensor, attention_mask: Tensor, args: dict) -> None:
+def _check_speculative_args(
+    target, draft, input_ids: Tensor, attention_mask: Tensor, settings: SpeculativeSettings
+) -> None:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [B, P] with P > 0; got shape {list(input_ids.shape)}")
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {list(attention_mask.shape)} must match input_ids {list(input_ids.shape)}")
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("prompts must be left-padded (attention_mask[:, -1] must be 1), as for generate()")
-    if args["num_draft_tokens"] < 1 or args["max_new_tokens"] < 1:
+    if settings.num_draft_tokens < 1 or settings.max_new_tokens < 1:
         raise ValueError("num_draft_tokens and max_new_tokens must be >= 1")
-    if args["do_sample"] and not args["temperature"] > 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {args['temperature']}")
+    if settings.sampling.do_sample and not settings.sampling.temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {settings.sampling.temperature}")
     for name, model in (("target", target), ("draft", draft)):
         if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
             raise TypeError(f"{name} must be a Hugging Face causal LM (with an output embedding)")
@@ -342,21 +352,12 @@ def speculative_generate(
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(torch.int64)
     if seed is None:
         seed = int(torch.randint(2**62, (1,)))
-    args = dict(
-        input_ids=input_ids,
-        num_draft_tokens=num_draft_tokens,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_id=eos_token_id,
-        seed=seed,
-    )
-    _check_speculative_args(target, draft, input_ids, attention_mask, args)
-    run = _SpeculativeRun(target, draft, args)
+    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
+    settings = SpeculativeSettings(num_draft_tokens, max_new_tokens, sampling, eos_token_id, seed)
+    _check_speculative_args(target, draft, input_ids, attention_mask, settings)
+    run = _SpeculativeRun(target, draft, input_ids, settings)
     run.prefill(input_ids, attention_mask)
-    dead_slots = live_slots = 0
+    dead_slots = all_slots = 0
     while True:
         finished = run.finished()
         if bool(finished.all()):
@@ -367,7 +368,7 @@ def speculative_generate(
         draft_ids, draft_probs = run.propose()
         run.verify(draft_ids, draft_probs)
         dead_slots += int((run.rows.mask == 0).sum())
-        live_slots += run.rows.mask.numel()
+        all_slots += run.rows.mask.numel()
     if pad_token_id is None and run.eos_ids is not None:
         pad_token_id = int(run.eos_ids[0])
     sequences, num_new = run.sequences(input_ids, pad_token_id)
@@ -379,6 +380,6 @@ def speculative_generate(
     )
     stats["cache_length"] = run.rows.mask.shape[1]
     stats["dead_slot_fraction"] = float((run.rows.mask == 0).float().mean())
-    stats["mean_dead_slot_fraction"] = dead_slots / live_slots if live_slots else 0.0
+    stats["mean_dead_slot_fraction"] = dead_slots / all_slots if all_slots else 0.0
     stats["seconds"] = time.perf_counter() - start
     return SpeculativeOutput(sequences, num_new, stats)
