@@ -1,11 +1,13 @@
 """``python -m specdecode demo``: the ops at work, each section printing a small table and what it
 showed: (1) a chi-square verdict on lossless verification, (2) the verifier's speed (medians of
 repeats, beside the README's figure), (3) plain vs speculative decoding, (4) Best-of-N vs
-Speculative Rejection, saying when and why a row loses at equal tokens."""
+Speculative Rejection, saying when and why a row loses at equal tokens, (5) the same ops on
+Hugging Face models, when transformers is installed."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import sys
@@ -467,3 +469,16 @@ def main(quick: bool = False, weights_dir: str | None = None) -> None:
     print("(sections 3-4 on 1 CPU thread)\n")
     decoding_demo(target, draft, quick)
     best_of_n_demo(target, quick)
+    hugging_face_demo(quick)
+
+
+def hugging_face_demo(quick: bool = False) -> None:
+    """Section 5: the same ops on Hugging Face models, when the ``hf`` extra is installed."""
+    print("5. Hugging Face models (tiny random-config Llamas; specdecode.integrations.transformers)")
+    if importlib.util.find_spec("transformers") is None:
+        print("   skipped: transformers is not installed (pip install --no-build-isolation -e '.[hf]')\n")
+        return
+    from specdecode.integrations import hf_demo
+
+    hf_demo.main(quick)
+    print()

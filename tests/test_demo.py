@@ -198,3 +198,12 @@ def test_command_line_runs_the_demo_with_quick(monkeypatch):
     assert calls == [True, False]
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+@pytest.mark.slow  # ~30 s: builds tiny HF models and runs every integration entry point
+def test_hugging_face_section_runs_end_to_end(capsys):
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    demo.hugging_face_demo(quick=True)
+    printed = capsys.readouterr().out
+    assert "greedy speculative == generate: True" in printed
+    assert "Speculative Rejection (alpha 0.75)" in printed and "assisted:" in printed
