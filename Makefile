@@ -23,7 +23,7 @@ $(STAMP): $(BUILD_INPUTS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN) $(TRITON_PIN) numpy pytest ninja setuptools wheel $(RUFF_PIN)
-	$(PIP) install -q --no-build-isolation -e .
+	$(PIP) install -q --no-build-isolation -e ".[hf]" $(TORCH_PIN)
 	touch $(STAMP)
 
 demo: $(STAMP)
