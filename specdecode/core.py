@@ -42,6 +42,13 @@ class RejectionOutput(NamedTuple):
     token_ids: torch.Tensor  # [B, K+1] int64: accepted drafts, the emitted token, then -1
     num_accepted: torch.Tensor  # [B] int64
 
+    def emitted(self) -> list[torch.Tensor]:
+        """Each row's emitted tokens without the ``-1`` tail: ``B`` 1-D int64 views of
+        ``token_ids`` of length ``num_accepted + 1``. Reads ``num_accepted`` on the host, so on a
+        device this is a sync -- keep it out of the hot path of a graph."""
+        lengths = (self.num_accepted + 1).tolist()
+        return [row[:length] for row, length in zip(self.token_ids, lengths)]
+
 
 class PruneResult(NamedTuple):
     kept_indices: torch.Tensor  # [N'] int64, ascending: survivors in order, groups contiguous

@@ -396,7 +396,6 @@ def test_bad_inputs_raise_clear_errors():
         (dict(target_probs=target.double()), TypeError, "target_probs must have dtype"),
         (dict(target_probs=target.tolist()), TypeError, "target_probs must be a torch.Tensor"),
         (dict(draft_probs=draft_probs[:, :, :9]), ValueError, r"draft_probs must be \[B, K, V\]"),
-        (dict(draft_probs=draft_probs.half()), TypeError, "same dtype"),
         (dict(draft_token_ids=draft_ids.to("meta")), ValueError, "draft_token_ids is on meta"),
         (dict(greedy=torch.tensor([True])), ValueError, "greedy must be a"),
         (dict(greedy="yes"), TypeError, "greedy must be a bool"),
@@ -449,6 +448,41 @@ def test_inputs_are_not_modified_and_int32_ids_work():
         assert torch.equal(before, after) and before.dtype == after.dtype
     out64 = sd.rejection_sample(draft_ids.long(), draft_probs, target, seed=5)
     assert torch.equal(out32.token_ids, out64.token_ids) and out32.token_ids.dtype == torch.int64
+
+
+def test_mixed_draft_and_target_dtypes_are_widened_exactly():
+    # A bf16 target with an fp32 draft (and fp16 with bf16): the same tokens as with both sides
+    # widened to float32 by hand, which is what the kernels compute in anyway. Inputs untouched.
+    draft_ids, draft_probs, target = _random_case()
+    for draft_dtype, target_dtype in ((torch.float32, torch.bfloat16), (torch.float16, torch.bfloat16)):
+        draft, target_narrow = draft_probs.to(draft_dtype), target.to(target_dtype)
+        snapshots = (draft.clone(), target_narrow.clone())
+        for greedy in (False, True):
+            got = sd.rejection_sample(draft_ids, draft, target_narrow, greedy=greedy, seed=7)
+            want = sd.rejection_sample(draft_ids, draft.float(), target_narrow.float(), greedy=greedy, seed=7)
+            assert torch.equal(got.token_ids, want.token_ids) and torch.equal(got.num_accepted, want.num_accepted)
+        assert draft.dtype == draft_dtype and target_narrow.dtype == target_dtype
+        assert torch.equal(draft, snapshots[0]) and torch.equal(target_narrow, snapshots[1])
+
+
+def test_emitted_lists_each_rows_tokens_without_the_tail():
+    out = core.RejectionOutput(torch.tensor([[5, 2, -1, -1], [7, -1, -1, -1], [1, 2, 3, 4]]), torch.tensor([1, 0, 3]))
+    assert [row.tolist() for row in out.emitted()] == [[5, 2], [7], [1, 2, 3, 4]]
+    draft_ids, draft_probs, target = _random_case()
+    result = sd.rejection_sample(draft_ids, draft_probs, target, seed=2)
+    for row, tokens, accepted in zip(result.emitted(), result.token_ids, result.num_accepted):
+        assert torch.equal(row, tokens[: int(accepted) + 1]) and bool((row >= 0).all())
+    empty = sd.rejection_sample(torch.zeros(0, 2, dtype=torch.long), None, torch.ones(0, 3, 4), seed=0)
+    assert empty.emitted() == []
+
+
+def test_logits_instead_of_probabilities_are_caught_by_validate():
+    draft_ids, _, target = _random_case()
+    logits = torch.log(target)  # every entry negative: not a distribution
+    out = sd.rejection_sample(draft_ids, None, logits, seed=1)  # documented: no check by default
+    assert bool(((out.token_ids >= -1) & (out.token_ids < target.shape[-1])).all())
+    with pytest.raises(ValueError, match="target_probs contains negative"):
+        sd.rejection_sample(draft_ids, None, logits, seed=1, validate=True)
 
 
 def test_strided_probabilities():

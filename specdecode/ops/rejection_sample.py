@@ -75,8 +75,15 @@ def rejection_sample(
         draft_probs: ``[B, K, V]`` float32/float16/bfloat16 draft distributions, or ``None`` for
             proposers without probabilities (n-gram, prompt lookup): the draft is then one-hot,
             so ``x`` is accepted with probability ``q(x)`` and the residual is ``q`` without ``x``.
-        target_probs: ``[B, K+1, V]``, same dtype as ``draft_probs``; row ``K`` is the bonus
-            distribution. Pass the (temperature-scaled) distributions the tokens are sampled from.
+        target_probs: ``[B, K+1, V]`` float32/float16/bfloat16; row ``K`` is the bonus
+            distribution. Pass the (temperature-scaled) distributions the tokens are sampled from,
+            e.g. ``torch.softmax(logits / temperature, -1)``. If the dtype differs from
+            ``draft_probs`` (a bf16 target with an fp32 draft), both are widened to float32 -- a
+            copy, but exact: the kernels compute in float32 either way. Logits are *not*
+            probabilities: passed here they are read as unnormalised weights (negative entries
+            count as 0, acceptance compares raw values), so the tokens returned follow no
+            meaningful distribution, though they stay in ``[0, V)``. ``validate=True`` catches
+            them (negative or unnormalised rows raise ``ValueError``).
         greedy: ``True`` for greedy verification of every row, or a ``[B]`` bool tensor for
             batches mixing greedy and sampled rows. A greedy row accepts ``x_i`` iff
             ``x_i == argmax q_i`` and emits ``argmax q_j`` (first maximum, NaN ignored).
@@ -93,7 +100,8 @@ def rejection_sample(
     Returns:
         ``RejectionOutput(token_ids, num_accepted)``: ``token_ids`` ``[B, K+1]`` int64 holds the
         accepted drafts, then the residual or bonus token, then ``-1``; ``num_accepted`` ``[B]``
-        int64 counts accepted drafts (tokens emitted = ``num_accepted + 1``). Emitted ids are
+        int64 counts accepted drafts (tokens emitted = ``num_accepted + 1``; ``.emitted()`` lists
+        each row's tokens without the ``-1`` tail, a host sync). Emitted ids are
         always in ``[0, V)``, whatever the input values. Inputs are never modified.
 
     Bound on unnormalised input: the C++ kernel sums in float64 where float32 would overflow,
@@ -172,12 +180,11 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
             raise ValueError(
                 f"draft_probs must be [B, K, V] = {[batch_size, num_drafts, vocab_size]}; got {list(draft_probs.shape)}"
             )
-        if draft_probs.dtype != target_probs.dtype:
-            raise TypeError(
-                f"draft_probs ({draft_probs.dtype}) and target_probs ({target_probs.dtype}) must have the same dtype"
-            )
         if draft_probs.device != device:
             raise ValueError(f"draft_probs is on {draft_probs.device} but target_probs is on {device}")
+        if draft_probs.dtype != target_probs.dtype:
+            # The kernels compute in float32, so widening the narrower side changes no result.
+            draft_probs, target_probs = draft_probs.float(), target_probs.float()
         draft_probs = _unit_stride_in_vocab(draft_probs)
     # int32 ids are widened (a [B, K] copy, never the caller's tensor); probabilities are only
     # copied when their vocabulary dim is strided, which the kernels cannot stream.
