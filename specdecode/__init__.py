@@ -26,12 +26,15 @@ from specdecode.decoder.best_of_n import (
 from specdecode.decoder.generate import default_dtypes, generate, load_pretrained, speculative_generate
 from specdecode.ops.compact_kv import KVCacheCompactor, compact_kv_cache_
 from specdecode.ops.rejection_sample import RejectionSampler, rejection_sample
+from specdecode.ops.rejection_sample_ragged import RaggedRejectionSampler, rejection_sample_ragged
 from specdecode.ops.topk_prune import RewardPruner, kept_indices_from_mask, topk_prune
 
 __all__ = [
     "rejection_sample",
     "RejectionSampler",
     "RejectionOutput",
+    "rejection_sample_ragged",
+    "RaggedRejectionSampler",
     "topk_prune",
     "compact_kv_cache_",
     "kept_indices_from_mask",
