@@ -19,6 +19,7 @@ import torch
 from stats import assert_fits
 
 import specdecode  # noqa: F401  (registers torch.ops.specdecode.*)
+from specdecode.kernels import tree_rejection_sample as triton_tree
 from specdecode.reference import rejection_sample as chain_ref
 from specdecode.reference import tree_rejection_sample as ref
 from specdecode.stats import chi2_sf, chi_square
@@ -38,11 +39,23 @@ def _run_cpp(*args, block_v=None):
     return tuple(torch.ops.specdecode.tree_rejection_sample(*args))
 
 
-BACKENDS = {"reference": _run_reference, "cpp": _run_cpp}
+def _run_triton(*args, block_v=None):
+    return triton_tree.tree_rejection_sample(*args, block_v=block_v)
+
+
+BACKENDS = {"reference": _run_reference, "cpp": _run_cpp, "triton": _run_triton}
+
+
+@pytest.fixture(params=["reference", "cpp"])
+def backend(request):
+    """The backends every behavioural case runs on. The Triton interpreter costs ~50 ms per row
+    here, so Triton runs the cases marked with ``every_backend`` (each of its code paths) and
+    test_kernel_matches_reference, which compares it to the reference exactly on random trees."""
+    return BACKENDS[request.param]
 
 
 @pytest.fixture(params=list(BACKENDS))
-def backend(request):
+def every_backend(request):
     return BACKENDS[request.param]
 
 
@@ -122,7 +135,8 @@ def plain_greedy(num_tokens: int) -> list[int]:
 @pytest.mark.parametrize("num_nodes", [1, 2, 3, 4, 5])
 def test_greedy_every_tree_shape_equals_plain_greedy(backend, num_nodes):
     generator = torch.Generator().manual_seed(num_nodes)
-    parent_arrays = all_parent_arrays(num_nodes) * 2  # two token draws per shape
+    draws = 1 if backend is _run_triton else 2  # token draws per shape (the interpreter is slow)
+    parent_arrays = all_parent_arrays(num_nodes) * draws
     ids, parents, target = greedy_inputs(parent_arrays, generator)
     tokens, nodes, accepted = verify(backend, ids, parents, random_probs(*ids.shape, GREEDY_VOCAB), target, True)
     for b in range(len(parent_arrays)):
@@ -133,7 +147,7 @@ def test_greedy_every_tree_shape_equals_plain_greedy(backend, num_nodes):
         assert tokens[b].tolist() == plain_greedy(count + 1) + [PADDING] * (num_nodes - count)
 
 
-def test_sglang_verify_tree_greedy_case(backend):
+def test_sglang_verify_tree_greedy_case(every_backend):
     """SGLang's verify_tree_greedy test, in this op's layout: its node 0 is the root, so its
     nodes 1..5 are nodes 0..4 here and its target row i is target row i here."""
     first_child = torch.tensor([[1, 2, -1, 4, 5, -1], [4, 2, 3, -1, 5, -1]])
@@ -145,14 +159,14 @@ def test_sglang_verify_tree_greedy_case(backend):
     logits[0, 0, 3] = logits[0, 3, 4] = logits[0, 4, 5] = 10
     logits[1, 0, 11] = logits[1, 4, 12] = 10
     logits[..., 18] = torch.where(logits.amax(-1) < 10, 10.0, 1.0)
-    tokens, nodes, accepted = verify(backend, ids, parents, None, torch.softmax(logits, -1), greedy=True)
+    tokens, nodes, accepted = verify(every_backend, ids, parents, None, torch.softmax(logits, -1), greedy=True)
     assert tokens.tolist() == [[3, 4, 5, 18, -1, -1], [11, 12, 18, -1, -1, -1]]
     assert nodes.tolist() == [[2, 3, 4, -1, -1], [3, 4, -1, -1, -1]]
     assert accepted.tolist() == [3, 2]
     # SGLang's target-only sampling test at temperature 0.01 (one-hot targets): the same path.
     sharp = torch.softmax(logits / 0.01, -1)
     for seed in range(4):
-        assert verify(backend, ids, parents, None, sharp, seed=seed)[0].tolist() == tokens.tolist()
+        assert verify(every_backend, ids, parents, None, sharp, seed=seed)[0].tolist() == tokens.tolist()
 
 
 def sglang_parents(first_child: torch.Tensor, next_sibling: torch.Tensor) -> torch.Tensor:
@@ -179,16 +193,16 @@ def sglang_parents(first_child: torch.Tensor, next_sibling: torch.Tensor) -> tor
 DENSE_MODES = [False, True]  # without_replacement
 
 
-def test_all_accepted_path_then_bonus(backend):
+def test_all_accepted_path_then_bonus(every_backend):
     vocab = 8
     target = one_hot_rows([3, 5, 7], vocab)[None]
     parents = torch.tensor([[ROOT, 0]])
     for draft_probs in (one_hot_rows([3, 5], vocab)[None], None):
-        tokens, nodes, accepted = verify(backend, torch.tensor([[3, 5]]), parents, draft_probs, target, seed=4)
+        tokens, nodes, accepted = verify(every_backend, torch.tensor([[3, 5]]), parents, draft_probs, target, seed=4)
         assert tokens.tolist() == [[3, 5, 7]] and nodes.tolist() == [[0, 1]] and accepted.tolist() == [2]
 
 
-def test_second_sibling_accepted_after_first_rejected(backend):
+def test_second_sibling_accepted_after_first_rejected(every_backend):
     """q puts no mass on the first child: it is rejected, the second (q' = one-hot) accepted."""
     vocab = 6
     target = one_hot_rows([4, 0, 2, 1], vocab)[None]  # after root: 4; after node 1 (token 4): 2
@@ -197,14 +211,14 @@ def test_second_sibling_accepted_after_first_rejected(backend):
     for probs, without_replacement in ((None, False), (draft_probs, False), (draft_probs, True)):
         for seed in range(3):
             tokens, nodes, accepted = verify(
-                backend, ids, parents, probs, target, seed=seed, without_replacement=without_replacement
+                every_backend, ids, parents, probs, target, seed=seed, without_replacement=without_replacement
             )
             assert tokens.tolist() == [[4, 2, 1, -1]] and nodes.tolist() == [[1, 2, -1]], (probs, seed)
 
 
 def test_rejected_children_are_never_emitted(backend):
     """Every child of the root rejected: the emitted token is none of theirs (q' excludes them)."""
-    vocab, batch = 5, 256
+    vocab, batch = 5, 24
     target = torch.tensor([0.3, 0.3, 0.25, 0.15, 0.0]).expand(batch, 3, vocab).contiguous()
     ids = torch.tensor([[0, 1]]).expand(batch, 2)
     parents = torch.tensor([[ROOT, ROOT]]).expand(batch, 2)
@@ -214,12 +228,12 @@ def test_rejected_children_are_never_emitted(backend):
             backend, ids, parents, draft_probs, target, seed=3, without_replacement=without_replacement
         )
         emitted = tokens[accepted == 0, 0]
-        assert emitted.numel() > 10 and set(emitted.tolist()) <= {2, 3}
+        assert emitted.numel() >= 4 and set(emitted.tolist()) <= {2, 3}
 
 
 def test_repeated_sibling_token_is_never_accepted(backend):
     """iid siblings can repeat a token; once rejected, q'(x) = 0, so the repeat is rejected too."""
-    vocab, batch = 4, 256
+    vocab, batch = 4, 24
     target = torch.tensor([0.5, 0.5, 0.0, 0.0]).expand(batch, 4, vocab).contiguous()
     draft_probs = torch.tensor([0.9, 0.1, 0.0, 0.0]).expand(batch, 3, vocab).contiguous()
     ids = torch.tensor([[0, 0, 1]]).expand(batch, 3)
@@ -230,7 +244,7 @@ def test_repeated_sibling_token_is_never_accepted(backend):
         assert bool((nodes[:, 0] == 0).any()) and bool((nodes[:, 0] == 2).any())
 
 
-def test_padding_nodes_and_bad_parents_are_never_accepted(backend):
+def test_padding_nodes_and_bad_parents_are_never_accepted(every_backend):
     vocab = 6
     target = one_hot_rows([2, 3, 4, 5, 1, 0], vocab)[None]  # q after root: 2; after node 0: 3; ...
     # node 0: padding whose subtree would match; node 1 (parent 1 >= own index) and node 2
@@ -238,22 +252,22 @@ def test_padding_nodes_and_bad_parents_are_never_accepted(backend):
     ids = torch.tensor([[-1, 2, 2, 2, 0]])
     parents = torch.tensor([[ROOT, 1, -2, ROOT, 0]])
     for probs in (None, torch.full((1, 5, vocab), 1 / vocab)):
-        tokens, nodes, accepted = verify(backend, ids, parents, probs, target, seed=1)
+        tokens, nodes, accepted = verify(every_backend, ids, parents, probs, target, seed=1)
         assert nodes.tolist() == [[3, -1, -1, -1, -1]] and tokens.tolist() == [[2, 1, -1, -1, -1, -1]]
-    tokens, nodes, accepted = verify(backend, ids, parents, None, target, greedy=True)
+    tokens, nodes, accepted = verify(every_backend, ids, parents, None, target, greedy=True)
     assert nodes.tolist() == [[3, -1, -1, -1, -1]] and tokens.tolist() == [[2, 1, -1, -1, -1, -1]]
 
 
-def test_zero_uniform_never_accepts_zero_probability(backend):
+def test_zero_uniform_never_accepts_zero_probability(every_backend):
     target = torch.tensor([[[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]]])
     ids, parents = torch.tensor([[0]]), torch.tensor([[ROOT]])
     for draft_probs in (torch.full((1, 1, 4), 0.25), one_hot_rows([0], 4)[None], None):
-        tokens, _, accepted = verify(backend, ids, parents, draft_probs, target, seed=SEED_WITH_ZERO_UNIFORM)
+        tokens, _, accepted = verify(every_backend, ids, parents, draft_probs, target, seed=SEED_WITH_ZERO_UNIFORM)
         assert accepted.tolist() == [0] and tokens[0, 0].item() in (1, 2)
 
 
 def test_draft_rows_of_later_siblings_are_not_read(backend):
-    vocab, batch = 7, 64
+    vocab, batch = 7, 16
     target = random_probs(batch, 4, vocab)
     draft_probs = random_probs(batch, 3, vocab)
     draft_probs[:, 1] = draft_probs[:, 0]
@@ -268,13 +282,13 @@ def test_draft_rows_of_later_siblings_are_not_read(backend):
         assert all(torch.equal(a, b) for a, b in zip(expected, got))
 
 
-def test_zero_residual_mass_falls_back_to_target(backend):
+def test_zero_residual_mass_falls_back_to_target(every_backend):
     # p = 2q (not normalised) rejects half the time while max(0, q - p) has no mass at all.
-    batch = 64
+    batch = 24
     target = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]]).expand(batch, 2, 4).contiguous()
     for without_replacement in DENSE_MODES:
         tokens, _, accepted = verify(
-            backend,
+            every_backend,
             torch.full((batch, 1), 2),
             torch.full((batch, 1), ROOT),
             2 * target[:, :1],
@@ -304,9 +318,9 @@ def test_degenerate_rows_emit_in_range(backend, bad_value):
 
 
 @pytest.mark.parametrize("proposer", ["dense", "one-hot"])
-def test_path_shaped_tree_is_the_chain_verifier(backend, proposer):
+def test_path_shaped_tree_is_the_chain_verifier(every_backend, proposer):
     """A path (node i's parent is i - 1) gives exactly the chain op's output for the same seed."""
-    batch, num_drafts, vocab = 32, 4, 20
+    batch, num_drafts, vocab = 16, 4, 20
     target = random_probs(batch, num_drafts + 1, vocab)
     draft_probs = random_probs(batch, num_drafts, vocab)
     ids = torch.multinomial(draft_probs.reshape(-1, vocab), 1).reshape(batch, num_drafts)
@@ -319,7 +333,7 @@ def test_path_shaped_tree_is_the_chain_verifier(backend, proposer):
     chain = chain_ref.rejection_sample(ids, draft_probs, target, greedy, seeds, offsets)
     for without_replacement in DENSE_MODES:
         tokens, nodes, accepted = verify(
-            backend, ids, parents, draft_probs, target, greedy, seeds, offsets, without_replacement
+            every_backend, ids, parents, draft_probs, target, greedy, seeds, offsets, without_replacement
         )
         assert torch.equal(tokens, chain.token_ids) and torch.equal(accepted, chain.num_accepted)
         positions = torch.arange(num_drafts)[None]
@@ -403,7 +417,7 @@ def test_first_two_tokens_follow_target(case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", STAT_CASES)
-@pytest.mark.parametrize("name", list(BACKENDS))
+@pytest.mark.parametrize("name", ["reference", "cpp"])  # Triton: equal to the reference (exact tests)
 def test_first_two_tokens_follow_target_many_trials(name, case):
     models, tokens, accepted = run_stat_case(BACKENDS[name], case, 400_000, seed=2)
     assert_first_two_tokens_follow_target(models, tokens, accepted, f"{name}/{case}", min_count=5000)
@@ -450,19 +464,18 @@ def random_tree_case(batch: int, num_nodes: int, vocab: int, dtype: torch.dtype,
     return ids, parents, draft_probs, target, greedy
 
 
-KERNEL_GRID = [  # (B, T, V)
-    (4, 1, 2),
-    (6, 7, 33),
-    (8, 12, 64),
-    (3, 16, 1000),
+KERNEL_GRID = [  # (B, T, V, dtype)
+    (4, 1, 2, torch.float32),
+    (5, 7, 33, torch.bfloat16),
+    (6, 12, 64, torch.float32),
+    (3, 16, 1000, torch.float16),
 ]
 
 
-@pytest.mark.parametrize("batch,num_nodes,vocab", KERNEL_GRID)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,num_nodes,vocab,dtype", KERNEL_GRID)
 @pytest.mark.parametrize("mode", ["one-hot", "iid", "without_replacement"])
 @pytest.mark.parametrize("kernel", [name for name in BACKENDS if name != "reference"])
-def test_kernel_matches_reference(kernel, mode, dtype, batch, num_nodes, vocab):
+def test_kernel_matches_reference(kernel, mode, batch, num_nodes, vocab, dtype):
     ids, parents, draft_probs, target, greedy = random_tree_case(batch, num_nodes, vocab, dtype, seed=vocab + num_nodes)
     draft_probs = None if mode == "one-hot" else draft_probs
     seeds = torch.randint(0, 2**62, (batch,)) if batch % 2 else torch.tensor([1234])
@@ -471,3 +484,32 @@ def test_kernel_matches_reference(kernel, mode, dtype, batch, num_nodes, vocab):
     expected = verify(_run_reference, *args)
     for name, a, b in zip(("token_ids", "accepted_nodes", "num_accepted"), got, expected):
         assert torch.equal(a, b), f"{name}: {kernel}\n{a}\nreference\n{b}"
+
+
+def test_empty_batch_and_empty_tree(every_backend):
+    tokens, nodes, accepted = verify(
+        every_backend,
+        torch.zeros(0, 3, dtype=torch.long),
+        torch.zeros(0, 3, dtype=torch.long),
+        None,
+        torch.rand(0, 4, 5),
+    )
+    assert tokens.shape == (0, 4) and nodes.shape == (0, 3) and accepted.shape == (0,)
+    target = one_hot_rows([4, 1], 6)[:, None, :]  # [2, 1, 6]: a tree without nodes emits from row 0
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    for probs in (None, torch.rand(2, 0, 6)):
+        tokens, nodes, accepted = verify(every_backend, empty, empty, probs, target, seed=3)
+        assert tokens.tolist() == [[4], [1]] and nodes.shape == (2, 0) and accepted.tolist() == [0, 0]
+
+
+def test_offsets_beyond_int32(every_backend):
+    """rows x V > 2**31: the row offsets of the last rows overflow int32."""
+    vocab, row_stride = 64, 2**31 + 64
+    storage = torch.empty(row_stride + 2 * vocab, dtype=torch.bfloat16)  # untouched pages cost no RAM
+    target = storage.as_strided((2, 2, vocab), (row_stride, vocab, 1))
+    target.zero_()
+    target[0, :, 3] = 1.0
+    target[1, :, 60] = 1.0
+    parents = torch.full((2, 1), ROOT)
+    tokens, nodes, accepted = verify(every_backend, torch.tensor([[3], [60]]), parents, None, target, seed=0)
+    assert tokens.tolist() == [[3, 3], [60, 60]] and accepted.tolist() == [1, 1]

@@ -203,7 +203,7 @@ def _emit(target, draft, live, ids, parents, final, c, draft_row_node, greedy, u
     batch_size, vocab_size = target.shape[0], target.shape[-1]
     rows = torch.arange(batch_size, device=target.device)
     q = target[rows, final + 1]
-    if draft is None:
+    if draft is None or draft.shape[1] == 0:  # no draft rows (or no nodes): c is 0
         weights = _positive_part(q)
     else:
         weights = _residual(q, draft[rows, draft_row_node.clamp_min(0)], c)
