@@ -26,6 +26,17 @@ of the step):
 
 The probabilities passed to the verifier are exactly those the tokens were sampled from: the
 temperature-scaled softmax, for both models.
+
+Tree step (``speculative_generate(..., tree=TreeSpec...)``, ``specdecode.decoder.tree``), per row:
+
+1. ``propose_tree``: the draft re-reads its last ``D + 1`` committed tokens (``D`` = the tree's
+   depth) and drafts a tree of ``T`` nodes (static top-k or EAGLE-2-style dynamic).
+2. ``verify_tree``: the target reads ``[token n-1, node_0..node_{T-1}]`` in one forward with tree
+   attention: node ``i`` is written at position ``n + i``, rotated as position ``n - 1 + depth``,
+   and attends to the committed prefix and its ancestors: ``T+1`` distributions.
+3. ``tree_rejection_sample`` accepts a path of ``a <= D`` nodes and emits one more token;
+   ``keep_accepted_path_`` moves the path's K/V to positions ``n .. n+a-1`` (the rest of the tree
+   lies beyond the cache length, masked, overwritten later); ``commit_verified_`` commits ``a+1``.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from specdecode.core import RejectionOutput, check_int
 from specdecode.decoder.model import KVCache, ModelConfig, Transformer
 from specdecode.decoder.state import DecodeState, Prompts, SamplingSettings, check_model, encode_prompts
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
+from specdecode.decoder.tree import DraftTree, TreeSpec, propose_tree
 from specdecode.ops.rejection_sample import rejection_sample
 
 __all__ = [
@@ -50,6 +62,7 @@ __all__ = [
     "load_pretrained",
     "default_dtypes",
     "encode_prompts",
+    "TreeSpec",
 ]
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
@@ -209,24 +222,33 @@ def speculative_generate(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     eos_id: int | None = EOS_ID,
+    tree: TreeSpec | None = None,
 ) -> GenerationOutput:
     """Batched speculative decoding: the draft proposes ``K = num_draft_tokens`` tokens per row,
     the target verifies them in one forward, ``specdecode.rejection_sample`` accepts a prefix
     per row (rows accept different numbers). The output is distributed exactly as
     ``generate(target, ...)`` (greedy: identical tokens).
 
-    Args: as ``generate``, plus ``draft`` (same vocabulary) and ``num_draft_tokens`` (an int K >= 1).
+    With ``tree`` (a ``TreeSpec``) the draft proposes a token tree per row instead of a chain and
+    ``specdecode.tree_rejection_sample`` accepts a path of it (``num_draft_tokens`` is then not
+    used); the output is again distributed exactly as ``generate``'s (greedy: identical tokens).
+
+    Args: as ``generate``, plus ``draft`` (same vocabulary), ``num_draft_tokens`` (an int K >= 1),
+        ``tree`` (``None``: chains).
     Returns:
         ``GenerationOutput``; ``stats`` has ``accepted_hist`` (list of K+1 counts: row-steps that
-        accepted 0..K drafts), ``mean_accepted_length`` (tokens emitted per row-step, accepted
-        drafts + 1), ``acceptance_rate`` (accepted / proposed drafts), ``steps``,
-        ``target_forwards``, ``draft_forwards``, ``seconds``, ``tokens_generated``, ``tokens_per_second``.
+        accepted 0..K drafts; a tree's K is its depth), ``mean_accepted_length`` (tokens emitted
+        per row-step, accepted drafts + 1), ``acceptance_rate`` (accepted drafts / K per row-step),
+        ``steps``, ``target_forwards``, ``draft_forwards``, ``verified_tokens_per_step`` (K + 1,
+        or T + 1 for a tree of T nodes), ``seconds``, ``tokens_generated``, ``tokens_per_second``.
     Raises:
         ``TypeError``/``ValueError`` naming the bad argument.
     """
     check_model("target", target)
     check_model("draft", draft)
     K = check_int("num_draft_tokens", num_draft_tokens, minimum=1)
+    if tree is not None and not isinstance(tree, TreeSpec):
+        raise TypeError(f"tree must be a TreeSpec or None, got {type(tree).__name__}")
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(
             f"target and draft vocabularies differ: {target.config.vocab_size} vs {draft.config.vocab_size}"
@@ -236,27 +258,28 @@ def speculative_generate(
     device = target.output.weight.device
     ids, prompt_lengths = encode_prompts(prompts, device, target.config.vocab_size)
     B, P = ids.shape
-    # A frozen row may sit K past its budget and still write K+1 positions beyond that.
-    max_len = P + max_new_tokens + 2 * K + 1
+    if tree is not None:
+        K = tree.max_depth  # the most drafts one step accepts
+    # A frozen row may sit K past its budget and still write a step's positions beyond that: K+1
+    # for a chain; for a tree, its candidate nodes after the root.
+    scratch = K + 1 if tree is None else tree.candidate_nodes
+    max_len = P + max_new_tokens + K + scratch
     for model in (target, draft):
         _check_fits(model, max_len)
     start_time = time.perf_counter()
     target_cache, draft_cache = target.new_cache(B, max_len), draft.new_cache(B, max_len)
-    state = DecodeState.start(ids, prompt_lengths, max_len + K + 1, [target_cache, draft_cache], trails=[1, 2])
+    # The draft's cache trails by the tokens it re-reads each step (propose, propose_tree).
+    draft_trail = 2 if tree is None else K + 1
+    state = DecodeState.start(ids, prompt_lengths, max_len + K + 1, [target_cache, draft_cache], [1, draft_trail])
     prefills = prefill(target, target_cache, ids)
     prefill(draft, draft_cache, ids)
     accepted_hist = torch.zeros(K + 1, dtype=torch.int64, device=device)
     steps = 0
     while True:
-        draft_ids, draft_probs = propose(draft, draft_cache, state, K, sampling)
-        target_probs = verify(target, target_cache, state, draft_ids, sampling)
-        out = rejection_sample(
-            draft_ids,
-            None if sampling.greedy else draft_probs,
-            target_probs,
-            greedy=sampling.greedy,
-            generator=sampling.generator,
-        )
+        if tree is None:
+            out = chain_step(target, draft, state, K, sampling)
+        else:
+            out = tree_step(target, draft, state, tree, sampling)
         accepted_hist.index_add_(0, out.num_accepted, state.active.long())
         commit_verified_(state, out, sampling.eos_id, max_new_tokens)
         steps += 1
@@ -267,7 +290,82 @@ def speculative_generate(
     stats = _spec_stats(accepted_hist, steps, K, seconds, num_tokens)
     stats["target_forwards"] += prefills
     stats["draft_forwards"] += prefills
+    stats["verified_tokens_per_step"] = (K if tree is None else tree.num_nodes) + 1
     return GenerationOutput(tokens, num_tokens, stats)
+
+
+def chain_step(
+    target: Transformer, draft: Transformer, state: DecodeState, K: int, sampling: SamplingSettings
+) -> RejectionOutput:
+    """Propose K drafts per row, verify them in one target forward, accept a prefix."""
+    target_cache, draft_cache = state.caches
+    draft_ids, draft_probs = propose(draft, draft_cache, state, K, sampling)
+    target_probs = verify(target, target_cache, state, draft_ids, sampling)
+    return rejection_sample(
+        draft_ids,
+        None if sampling.greedy else draft_probs,
+        target_probs,
+        greedy=sampling.greedy,
+        generator=sampling.generator,
+    )
+
+
+def tree_step(
+    target: Transformer, draft: Transformer, state: DecodeState, spec: TreeSpec, sampling: SamplingSettings
+) -> RejectionOutput:
+    """Draft a tree per row, verify it in one target forward, accept a path and keep its K/V.
+    Returns the accepted path's tokens and the emitted one (``[B, D+1]``) and the path lengths."""
+    target_cache, draft_cache = state.caches
+    tree = propose_tree(draft, draft_cache, state, spec, sampling)
+    target_probs = verify_tree(target, target_cache, state, tree, sampling)
+    token_ids, accepted_nodes, num_accepted = _tree_rejection_sample(tree, target_probs, sampling)
+    keep_accepted_path_(target_cache, state, accepted_nodes[:, : spec.max_depth])
+    return RejectionOutput(token_ids[:, : spec.max_depth + 1], num_accepted)
+
+
+def verify_tree(
+    target: Transformer, cache: KVCache, state: DecodeState, tree: DraftTree, sampling: SamplingSettings
+) -> Tensor:
+    """The target's distributions ``[B, T+1, V]`` after each row's last committed token (row 0) and
+    after each node of its tree (row ``i+1``): one forward of ``[token n-1, node_0..node_{T-1}]``
+    with tree attention, the root at position ``n-1`` (the cache's length), node ``i`` written at
+    ``n + i``."""
+    verify_tokens = torch.cat([state.last_tokens()[:, None], tree.tokens], 1)
+    return sampling.probs(target(verify_tokens, cache=cache, tree=tree.attention(state.lengths - 1)))
+
+
+def keep_accepted_path_(cache: KVCache, state: DecodeState, accepted_nodes: Tensor) -> None:
+    """Move the K/V of each row's accepted path (``accepted_nodes [B, D]``: node indices, then -1)
+    from where ``verify_tree`` wrote it (node ``j`` at ``n + j``) to consecutive positions
+    ``n, n+1, ...`` after the root, in place. A path's nodes are ascending and node ``j`` has depth
+    at most ``j + 1``, so every move goes left; ``-1`` entries move nothing. Frozen rows move too,
+    but only positions beyond their cache length, which they never read."""
+    root = state.lengths - 1
+    dst = root[:, None] + 1 + torch.arange(accepted_nodes.shape[1], device=root.device)
+    src = torch.where(accepted_nodes >= 0, root[:, None] + 1 + accepted_nodes, dst)
+    cache.move_positions_(src, dst)
+
+
+def _tree_rejection_sample(
+    tree: DraftTree, target_probs: Tensor, sampling: SamplingSettings
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch.ops.specdecode.tree_rejection_sample`` on one step's tree: ``(token_ids [B, T+1],
+    accepted_nodes [B, T], num_accepted [B])``; one seed per call from the sampling generator."""
+    B = tree.tokens.shape[0]
+    device = target_probs.device
+    greedy = torch.full((B,), sampling.greedy, dtype=torch.bool, device=device)
+    seed = torch.randint(2**62, (1,), generator=sampling.generator, dtype=torch.int64).to(device)
+    offset = torch.zeros(1, dtype=torch.int64, device=device)
+    return torch.ops.specdecode.tree_rejection_sample(
+        tree.tokens,
+        tree.parents,
+        tree.draft_probs,
+        target_probs,
+        greedy,
+        seed,
+        offset,
+        tree.draws == "without_replacement",
+    )
 
 
 def propose(

@@ -12,7 +12,10 @@ speculative decoding:
   multi-token step at a non-zero offset (the verify step) is correct — the square-mask bug of
   meta-llama/llama#494 cannot happen;
 - the cache is plain tensors with the batch in dim 0 (``KVCache.tensors()``), so Speculative
-  Rejection can compact survivors in place and copy a prefilled prompt to many rows.
+  Rejection can compact survivors in place and copy a prefilled prompt to many rows;
+- tree attention (``TreeAttention``): one forward verifies a whole token tree -- each node
+  attends to the cache before the tree and to its own ancestors, at RoPE position = its depth
+  -- and ``KVCache.move_positions_`` then keeps the accepted path at consecutive positions.
 """
 
 from __future__ import annotations
@@ -104,6 +107,58 @@ class KVCache:
         for t in self.tensors():
             t[dst_rows, :end] = t[src_rows, :end]
         self.lengths[dst_rows] = self.lengths[src_rows]
+
+    def move_positions_(self, src: Tensor, dst: Tensor) -> None:
+        """Per row, in place: position ``dst[b, i]`` <- position ``src[b, i]`` (``[B, W]`` int64,
+        rows ``0..B-1``), every layer's K and V. All sources are read before anything is written, so
+        overlapping moves are safe; ``src == dst`` is a no-op entry (fixed shapes, no host sync).
+        Used to keep a verified tree's accepted path at consecutive positions: each row moves
+        different positions, which one index set along the sequence (``compact_kv_cache_``)
+        cannot express without a call per row and a host sync."""
+        rows = torch.arange(src.shape[0], device=src.device)[:, None]
+        for t in self.tensors():
+            t[rows, dst] = t[rows, src]
+
+
+@dataclass(frozen=True)
+class TreeAttention:
+    """Where the tokens of one forward sit in a token tree laid out in the cache, and what they see.
+
+    Row ``b``'s tree has nodes ``0..N-1``: node 0 is the root (the row's last committed token),
+    every other node's parent has a smaller index. Node ``i`` lives at cache position
+    ``start[b] + i`` and is rotated by RoPE as position ``start[b] + depths[b, i]`` -- where it
+    would sit if its path were the text. It attends to every cache position before ``start[b]``
+    (the committed prefix) and to the positions of its ancestors and itself, so siblings never
+    see each other and a node's K/V equals what a plain forward of its path would compute.
+
+    ``start [B]`` int64; ``depths [B, N]`` int64 (root 0); ``ancestors [B, N, N]`` bool
+    (``ancestors[b, i, j]``: node ``j`` is node ``i`` or one of its ancestors); ``nodes [B, T]``
+    int64: which nodes this forward's ``T`` tokens are (the target verifies all of them at once;
+    the draft feeds one level of its tree at a time, the earlier levels already in the cache).
+    """
+
+    start: Tensor
+    depths: Tensor
+    ancestors: Tensor
+    nodes: Tensor
+
+    def slots(self) -> Tensor:
+        """``[B, T]`` cache positions the fed tokens' K/V are written to."""
+        return self.start[:, None] + self.nodes
+
+    def positions(self) -> Tensor:
+        """``[B, T]`` RoPE positions of the fed tokens."""
+        return self.start[:, None] + self.depths.gather(1, self.nodes)
+
+    def mask(self, cache_len: int) -> Tensor:
+        """``[B, 1, T, cache_len]`` bool: the committed prefix, plus each fed node's ancestors and itself."""
+        B, T = self.nodes.shape
+        N = self.depths.shape[1]
+        offset = torch.arange(cache_len, device=self.start.device)[None, :] - self.start[:, None]  # (B, S)
+        sees_node = self.ancestors.gather(1, self.nodes[:, :, None].expand(B, T, N))  # (B, T, N)
+        in_tree = (offset >= 0) & (offset < N)
+        sees_key = sees_node.gather(2, offset.clamp(0, N - 1)[:, None, :].expand(B, T, cache_len))
+        return ((offset < 0)[:, None, :] | (sees_key & in_tree[:, None, :]))[:, None]
 
 
 class RMSNorm(nn.Module):
@@ -255,7 +310,13 @@ class Transformer(nn.Module):
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range {c.max_seq_len}")
         return KVCache(c.n_layers, batch_size, max_seq_len, c.n_kv_heads, c.head_dim, self.kv_dtype, w.device)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        input_pos: Tensor | None = None,
+        cache: KVCache | None = None,
+        tree: TreeAttention | None = None,
+    ) -> Tensor:
         """Logits ``[B, T, vocab]`` for every position of ``tokens [B, T]`` (int64).
 
         ``input_pos``: ``[B, T]`` int64 positions of each token, or ``[B]`` start positions
@@ -264,7 +325,12 @@ class Transformer(nn.Module):
         and every token attends to cached positions ``<=`` its own: prefill, 1-token decode and
         (K+1)-token verify are all this one call. Positions must be ``< cache.max_seq_len``
         (not checked: it would need a device sync).
+
+        ``tree``: the tokens are nodes of a token tree (``TreeAttention``: where each is written,
+        its RoPE position, what it attends to); needs a cache, and ``input_pos`` must be ``None``.
         """
+        if tree is not None:
+            return self._tree_forward(tokens, input_pos, cache, tree)
         B, T = tokens.shape
         steps = torch.arange(T, device=tokens.device)
         plain_causal = cache is None and input_pos is None  # training and scoring: SDPA's fast path
@@ -277,12 +343,23 @@ class Transformer(nn.Module):
         else:
             key_pos = torch.arange(cache.max_seq_len, device=tokens.device) if cache is not None else input_pos
             mask = key_pos.expand(B, -1)[:, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, S)
-        cos = self.rope_cos[input_pos][:, :, None, :].to(self.dtype)  # (B, T, 1, D/2)
-        sin = self.rope_sin[input_pos][:, :, None, :].to(self.dtype)
+        return self._run(tokens, input_pos, input_pos, mask, cache)
+
+    def _tree_forward(self, tokens: Tensor, input_pos: Tensor | None, cache: KVCache | None, tree) -> Tensor:
+        if cache is None:
+            raise ValueError("tree: tree attention needs a cache (the tree's nodes are written into it)")
+        if input_pos is not None:
+            raise ValueError("input_pos: with tree=..., positions come from the tree; pass input_pos=None")
+        return self._run(tokens, tree.slots(), tree.positions(), tree.mask(cache.max_seq_len), cache)
+
+    def _run(self, tokens: Tensor, slots: Tensor, positions: Tensor, mask: Tensor | None, cache) -> Tensor:
+        """The layers: K/V written at ``slots [B, T]``, RoPE at ``positions [B, T]``, ``mask`` as SDPA's."""
+        cos = self.rope_cos[positions][:, :, None, :].to(self.dtype)  # (B, T, 1, D/2)
+        sin = self.rope_sin[positions][:, :, None, :].to(self.dtype)
 
         x = self.tok_embeddings(tokens)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             cache_k = cache.k[i] if cache is not None else None
             cache_v = cache.v[i] if cache is not None else None
-            x = layer(x, cos, sin, mask, input_pos, cache_k, cache_v)
+            x = layer(x, cos, sin, mask, slots, cache_k, cache_v)
         return self.output(self.norm(x.to(self.output.weight.dtype)))  # (B, T, vocab)

@@ -1,0 +1,323 @@
+"""Token trees for speculative decoding: how the draft builds one per step, and how it is laid out.
+
+A *token tree* holds several candidate continuations at once (SpecInfer, arXiv 2305.09781;
+Medusa, arXiv 2401.10774; EAGLE-2, arXiv 2406.16858): the target verifies all of them in one
+forward (``specdecode.decoder.model.TreeAttention``) and ``tree_rejection_sample`` walks down it,
+so a step can accept a longer path than a chain of the same size.
+
+**Indexing.** A ``DraftTree`` uses the verifier's indexing: nodes ``0..T-1``, ``parents[b, i] < i``,
+``-1`` = a child of the root (the row's last committed token). Its *layout* in the cache puts the
+root first: layout node ``i + 1`` is tree node ``i`` (``depths``/``ancestors`` are ``[B, T+1]`` /
+``[B, T+1, T+1]`` in layout indexing, the root at 0 with depth 0).
+
+**The drafters** (``TreeSpec``), and the verifier rule each one's drawing matches -- what makes the
+verification exactly lossless for the way the tree was drawn:
+
+- ``TreeSpec.static(branching)``: every node at depth ``d`` gets ``branching[d]`` children, e.g.
+  ``(4, 2, 1, 1)``. How the children are drawn from the draft's distribution ``p`` at their parent
+  is ``children``:
+
+  - ``"top_k"`` (default): the ``b`` most likely tokens -- a fixed set given the context, so the
+    verifier gets ``draft_probs=None`` (accept child ``x`` with probability ``q'(x)``, remove it
+    on rejection). Exact for any fixed set of children, whatever produced it.
+  - ``"without_replacement"``: ``b`` tokens sampled from ``p`` without replacement
+    (``torch.multinomial(..., replacement=False)`` draws them one by one from the renormalised
+    rest) -- verified with ``draws="without_replacement"`` and ``p`` as ``draft_probs``.
+  - ``"iid"``: ``b`` independent samples from ``p`` (siblings may repeat; a repeat is rejected by
+    the rule) -- verified with ``draws="iid"``.
+
+- ``TreeSpec.dynamic(node_budget, top_k, depth)``: EAGLE-2's dynamic tree. Expansion: the root's
+  ``top_k`` most likely tokens form level 1; at each further level the ``top_k`` nodes of the
+  previous level with the highest *path probability* under the draft (the product of the draft's
+  probabilities along the path) are fed to the draft together (one forward, tree attention), and
+  each gets its ``top_k`` most likely tokens as children. Reranking: of all nodes generated, the
+  ``node_budget`` with the highest path probability are verified. A child's path probability is at
+  most its parent's, so the kept set contains every kept node's ancestors (ties: a stable sort
+  keeps the parent, created first). Every choice is deterministic given the context, so the
+  verifier gets ``draft_probs=None``, exactly as for a static top-k tree.
+
+Greedy decoding (temperature 0) always uses top-k children (a sampled child would be the argmax
+repeated) and greedy verification: the text equals plain greedy decoding's.
+
+**The draft's cache.** Each step the draft first re-reads the last ``max_depth + 1`` committed
+tokens (the window), which ends at the root and gives the root's distribution: a step commits at
+most ``max_depth + 1`` tokens, and the tree's nodes were written to scratch positions after the
+root, so the draft's cache is valid before the window (its trail in ``DecodeState`` is
+``max_depth + 1``). The draft then writes its tree at the same layout as the target, node ``i``
+at position ``root + i``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from specdecode.decoder.model import KVCache, Transformer, TreeAttention
+from specdecode.decoder.state import DecodeState, SamplingSettings
+
+CHILDREN_RULES = ("top_k", "without_replacement", "iid")
+ROOT = -1  # parents[b, i] == ROOT: node i is a child of the root
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """How the draft builds a token tree each step (``speculative_generate(..., tree=...)``).
+
+    Build one with ``TreeSpec.static(branching, children)`` or ``TreeSpec.dynamic(node_budget,
+    top_k, depth)`` (module docstring). ``branching``: static trees' children per node at depth
+    0, 1, ...; ``node_budget``/``top_k``/``depth``: dynamic trees; ``children``: how a static
+    tree's children are drawn (``"top_k"``, ``"without_replacement"``, ``"iid"``)."""
+
+    branching: tuple[int, ...] = ()
+    node_budget: int = 0
+    top_k: int = 0
+    depth: int = 0
+    children: str = "top_k"
+
+    def __post_init__(self):
+        if self.children not in CHILDREN_RULES:
+            raise ValueError(f"tree: children must be one of {CHILDREN_RULES}, got {self.children!r}")
+        if bool(self.branching) == bool(self.node_budget):
+            raise ValueError("tree: give branching (a static tree) or node_budget (a dynamic tree), not both")
+        if self.branching:
+            if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.branching):
+                raise ValueError(f"tree: branching must be positive ints, got {self.branching!r}")
+            object.__setattr__(self, "branching", tuple(self.branching))
+            return
+        for name in ("node_budget", "top_k", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"tree: {name} must be an int >= 1, got {value!r}")
+        if self.children != "top_k":
+            raise ValueError("tree: a dynamic tree's children are always the draft's top-k (children='top_k')")
+        if self.node_budget > self.candidate_nodes - 1:
+            raise ValueError(
+                f"tree: node_budget {self.node_budget} exceeds the {self.candidate_nodes - 1} nodes that "
+                f"top_k={self.top_k}, depth={self.depth} generate"
+            )
+
+    @classmethod
+    def static(cls, branching: tuple[int, ...], children: str = "top_k") -> TreeSpec:
+        return cls(branching=tuple(branching), children=children)
+
+    @classmethod
+    def dynamic(cls, node_budget: int, top_k: int = 8, depth: int = 6) -> TreeSpec:
+        return cls(node_budget=node_budget, top_k=top_k, depth=depth)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.node_budget > 0
+
+    @property
+    def max_depth(self) -> int:
+        """The longest path: the most drafts one step can accept."""
+        return self.depth if self.is_dynamic else len(self.branching)
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """A static tree's nodes per depth, root first: ``[1, b0, b0*b1, ...]``."""
+        return [math.prod(self.branching[:d]) for d in range(len(self.branching) + 1)]
+
+    @property
+    def num_nodes(self) -> int:
+        """``T``: the nodes verified per step (the target's forward reads ``T + 1`` tokens)."""
+        return self.node_budget if self.is_dynamic else sum(self.level_sizes) - 1
+
+    @property
+    def candidate_nodes(self) -> int:
+        """Layout nodes (root included) the draft writes after the root: a dynamic tree generates
+        ``1 + top_k + (depth - 1) top_k^2`` and verifies ``node_budget`` of them."""
+        if self.is_dynamic:
+            return 1 + self.top_k + (self.depth - 1) * self.top_k**2
+        return self.num_nodes + 1
+
+    def verifier_draws(self, greedy: bool) -> tuple[bool, str]:
+        """``(pass draft_probs, draws)`` for ``tree_rejection_sample``: see the module docstring."""
+        if greedy or self.children == "top_k":
+            return False, "iid"  # draws is not read without draft_probs
+        return True, self.children
+
+    def label(self) -> str:
+        if self.is_dynamic:
+            return f"dynamic(budget={self.node_budget}, top_k={self.top_k}, depth={self.depth})"
+        suffix = "" if self.children == "top_k" else f", {self.children}"
+        return f"static({','.join(map(str, self.branching))}{suffix})"
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """One step's tree per row, in the verifier's indexing (module docstring).
+
+    ``tokens [B, T]`` int64; ``parents [B, T]`` int64 (``-1``: child of the root); ``draft_probs``
+    ``[B, T, V]`` float32 (row ``i``: the distribution node ``i`` was drawn from, its parent's) or
+    ``None`` (children fixed); ``draws``: the verifier's sibling rule; ``depths [B, T+1]`` and
+    ``ancestors [B, T+1, T+1]``: the layout, root at 0."""
+
+    tokens: Tensor
+    parents: Tensor
+    draft_probs: Tensor | None
+    draws: str
+    depths: Tensor
+    ancestors: Tensor
+
+    def attention(self, root_position: Tensor) -> TreeAttention:
+        """Every node of the tree, the root at ``root_position [B]``: the target's verify forward."""
+        B, T = self.tokens.shape
+        nodes = torch.arange(T + 1, device=self.tokens.device).expand(B, T + 1)
+        return TreeAttention(root_position, self.depths, self.ancestors, nodes)
+
+
+def tree_layout(parents: Tensor) -> tuple[Tensor, Tensor]:
+    """``(depths [B, T+1], ancestors [B, T+1, T+1])`` of trees given by ``parents [B, T]`` (verifier
+    indexing, each parent before its child), with the root as layout node 0.
+
+    >>> depths, ancestors = tree_layout(torch.tensor([[-1, -1, 0]]))
+    >>> depths.tolist(), ancestors[0, 3].tolist()
+    ([[0, 1, 1, 2]], [True, True, False, True])
+    """
+    B, T = parents.shape
+    layout_parents = parents.long() + 1  # the root (layout 0) for -1
+    depths = torch.zeros(B, T + 1, dtype=torch.int64, device=parents.device)
+    ancestors = torch.zeros(B, T + 1, T + 1, dtype=torch.bool, device=parents.device)
+    ancestors[:, 0, 0] = True
+    rows = torch.arange(B, device=parents.device)
+    for i in range(1, T + 1):  # parents come first, so their rows are complete
+        parent = layout_parents[:, i - 1]
+        depths[:, i] = depths[rows, parent] + 1
+        ancestors[:, i] = ancestors[rows, parent]
+        ancestors[:, i, i] = True
+    return depths, ancestors
+
+
+def static_parents(spec: TreeSpec, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+    """``[B, T]`` parents of a static tree: level by level, each level's nodes grouped by parent.
+
+    >>> static_parents(TreeSpec.static((2, 2)), 1).tolist()
+    [[-1, -1, 0, 0, 1, 1]]
+    """
+    parents, level_start = [], 0  # layout index of the current level's first node
+    for size, branch in zip(spec.level_sizes, spec.branching):
+        parents += [level_start + j // branch for j in range(size * branch)]
+        level_start += size
+    return (torch.tensor(parents, dtype=torch.int64, device=device) - 1).expand(batch_size, -1).contiguous()
+
+
+# ---- drafting ------------------------------------------------------------------------------------
+
+
+def draft_root_logits(draft: Transformer, cache: KVCache, state: DecodeState, window: int) -> Tensor:
+    """Feed each row's last ``window`` committed tokens (positions ``n - window .. n - 1``, clamped at
+    0: a short row re-reads position 0, the same K/V, harmless) and return the draft's logits after
+    the last one, ``[B, V]``: the distribution at the root."""
+    steps = torch.arange(window, device=state.tokens.device)
+    positions = (state.lengths[:, None] - window + steps).clamp_min(0)
+    return draft(state.tokens.gather(1, positions), positions, cache)[:, -1]
+
+
+def pick_children(probs: Tensor, count: int, rule: str, sampling: SamplingSettings) -> Tensor:
+    """``[B, M, count]`` children of ``M`` nodes with distributions ``probs [B, M, V]`` by ``rule``."""
+    if sampling.greedy or rule == "top_k":
+        return probs.topk(count, dim=-1).indices
+    flat = probs.flatten(0, 1)
+    drawn = torch.multinomial(flat, count, replacement=rule == "iid", generator=sampling.generator)
+    return drawn.view(*probs.shape[:2], count)
+
+
+def propose_tree(
+    draft: Transformer, cache: KVCache, state: DecodeState, spec: TreeSpec, sampling: SamplingSettings
+) -> DraftTree:
+    """One tree per row (``spec``), drafted with ``max_depth`` draft forwards: the window, then one
+    forward per level that has children."""
+    root_probs = sampling.probs(draft_root_logits(draft, cache, state, spec.max_depth + 1))
+    root_position = state.lengths - 1
+    if spec.is_dynamic:
+        return _dynamic_tree(draft, cache, root_position, root_probs, spec, sampling)
+    return _static_tree(draft, cache, root_position, root_probs, spec, sampling)
+
+
+def _static_tree(
+    draft: Transformer,
+    cache: KVCache,
+    root_position: Tensor,
+    root_probs: Tensor,
+    spec: TreeSpec,
+    sampling: SamplingSettings,
+) -> DraftTree:
+    B = root_probs.shape[0]
+    device = root_probs.device
+    parents = static_parents(spec, B, device)
+    depths, ancestors = tree_layout(parents)
+    with_probs, draws = spec.verifier_draws(sampling.greedy)
+    probs = root_probs[:, None, :]  # [B, nodes of this level, V]
+    tokens, child_probs, level_start = [], [], 1  # layout index of the next level's first node
+    for depth, branch in enumerate(spec.branching):
+        children = pick_children(probs, branch, spec.children, sampling).flatten(1)  # [B, level size]
+        tokens.append(children)
+        if with_probs:
+            child_probs.append(probs.repeat_interleave(branch, dim=1))
+        if depth + 1 < len(spec.branching):  # the last level's nodes are leaves: never fed
+            nodes = torch.arange(level_start, level_start + children.shape[1], device=device).expand(B, -1)
+            attention = TreeAttention(root_position, depths, ancestors, nodes)
+            probs = sampling.probs(draft(children, cache=cache, tree=attention))
+        level_start += children.shape[1]
+    draft_probs = torch.cat(child_probs, 1) if with_probs else None
+    return DraftTree(torch.cat(tokens, 1), parents, draft_probs, draws, depths, ancestors)
+
+
+def _dynamic_tree(
+    draft: Transformer,
+    cache: KVCache,
+    root_position: Tensor,
+    root_probs: Tensor,
+    spec: TreeSpec,
+    sampling: SamplingSettings,
+) -> DraftTree:
+    """EAGLE-2's expand-then-rerank (module docstring), every row at once with fixed shapes.
+
+    Candidates are laid out root first (0), then level 1 (``top_k`` nodes), then ``top_k^2`` per
+    further level; ``scores`` are log path probabilities."""
+    B, k = root_probs.shape[0], spec.top_k
+    device = root_probs.device
+    N = spec.candidate_nodes
+    rows = torch.arange(B, device=device)[:, None]
+    tokens = torch.zeros(B, N, dtype=torch.int64, device=device)
+    parents = torch.zeros(B, N, dtype=torch.int64, device=device)  # layout parents; the root's is unused
+    depths = torch.zeros(B, N, dtype=torch.int64, device=device)
+    scores = torch.zeros(B, N, device=device)
+    ancestors = torch.zeros(B, N, N, dtype=torch.bool, device=device)
+    ancestors[:, 0, 0] = True
+
+    def add_level(first: int, parent: Tensor, probs: Tensor) -> Tensor:
+        """Top-k children of the nodes ``parent [B, M]`` (distributions ``probs [B, M, V]``) become
+        nodes ``first ..``; returns their indices ``[B, M * k]``."""
+        top = probs.topk(k, dim=-1)
+        new = torch.arange(first, first + parent.shape[1] * k, device=device).expand(B, -1)
+        parent = parent.repeat_interleave(k, dim=1)
+        tokens[:, first : first + new.shape[1]] = top.indices.flatten(1)
+        parents[:, first : first + new.shape[1]] = parent
+        depths[:, first : first + new.shape[1]] = depths.gather(1, parent) + 1
+        scores[:, first : first + new.shape[1]] = scores.gather(1, parent) + top.values.flatten(1).log()
+        ancestors[:, first : first + new.shape[1]] = ancestors[rows, parent]
+        ancestors[rows, new, new] = True
+        return new
+
+    frontier = add_level(1, torch.zeros(B, 1, dtype=torch.int64, device=device), root_probs[:, None])
+    first = 1 + k
+    for _ in range(spec.depth - 1):
+        attention = TreeAttention(root_position, depths, ancestors, frontier)
+        probs = sampling.probs(draft(tokens.gather(1, frontier), cache=cache, tree=attention))
+        level = add_level(first, frontier, probs)
+        first += level.shape[1]
+        frontier = level.gather(1, scores.gather(1, level).topk(k, dim=-1).indices)
+    # Rerank: the budget's best nodes by path probability, ties to the earlier (the parent) node.
+    order = torch.sort(scores[:, 1:], dim=1, descending=True, stable=True).indices + 1
+    kept = order[:, : spec.node_budget].sort(dim=1).values  # creation order: parents before children
+    layout = torch.cat([torch.zeros(B, 1, dtype=torch.int64, device=device), kept], 1)  # root first
+    new_index = torch.zeros(B, N, dtype=torch.int64, device=device)
+    new_index.scatter_(1, layout, torch.arange(layout.shape[1], device=device).expand(B, -1))
+    kept_parents = new_index.gather(1, parents.gather(1, kept)) - 1  # verifier indexing: root = -1
+    kept_ancestors = ancestors[rows, layout].gather(2, layout[:, None, :].expand(-1, layout.shape[1], -1))
+    return DraftTree(tokens.gather(1, kept), kept_parents, None, "iid", depths.gather(1, layout), kept_ancestors)
