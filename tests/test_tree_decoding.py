@@ -1,0 +1,316 @@
+"""Token-tree speculative decoding end to end (``speculative_generate(..., tree=...)``).
+
+- Tree attention: one forward over a tree gives every node the logits a plain forward of its
+  path gives, and the accepted path's K/V ends up where plain decoding would have put it.
+- Drafting: a static tree's children are the draft's top-k (or samples) at their parent, a
+  dynamic tree keeps the nodes of highest path probability, closed under ancestors.
+- Greedy tree decoding equals plain greedy decoding token for token (batch 1 and 4, static and
+  dynamic trees); sampled tree decoding draws the first and second tokens from the target's
+  distribution for every way a tree is drawn (chi-square, false-alarm rate 1e-3), and a verifier
+  told the wrong drawing rule fails the same test (power).
+
+Random tiny models in float64 for the exact tests (no trained weights needed), float32 for the
+statistical ones.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from stats import assert_fits
+from test_generate import PROMPTS, assert_cache_holds_committed_tokens, exact_first_two, tiny_pair
+
+from specdecode.decoder.generate import (
+    _tree_rejection_sample,
+    commit_verified_,
+    generate,
+    prefill,
+    speculative_generate,
+    tree_step,
+    verify_tree,
+)
+from specdecode.decoder.model import TreeAttention
+from specdecode.decoder.state import DecodeState, SamplingSettings, encode_prompts
+from specdecode.decoder.tree import TreeSpec, propose_tree, static_parents, tree_layout
+
+FALSE_ALARM_RATE = 1e-3  # per chi-square test: a correct sampler fails on 1 seed in 1000
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TREES = [
+    TreeSpec.static((3, 2, 1)),
+    TreeSpec.static((2, 2, 2, 1)),
+    TreeSpec.dynamic(10, top_k=3, depth=4),
+]
+
+
+@pytest.fixture(scope="module")
+def close_pair():
+    """A draft close enough to the target that paths of 2-4 drafts are accepted often."""
+    return tiny_pair(noise=0.02)
+
+
+# ---- layout and tree attention ------------------------------------------------------------------
+
+
+def test_static_layout_by_hand():
+    parents = static_parents(TreeSpec.static((2, 2, 1)), batch_size=2)
+    assert parents.tolist() == [[-1, -1, 0, 0, 1, 1, 2, 3, 4, 5]] * 2
+    depths, ancestors = tree_layout(parents)
+    assert depths[0].tolist() == [0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    # layout node 8 = tree node 7, child of tree node 3 (layout 4), child of tree node 0 (layout 1)
+    assert ancestors[1, 8].nonzero().flatten().tolist() == [0, 1, 4, 8]
+    assert TreeSpec.static((2, 2, 1)).num_nodes == 10 and TreeSpec.static((4, 2, 1, 1)).num_nodes == 28
+
+
+def random_tree(batch: int, nodes: int, generator: torch.Generator) -> torch.Tensor:
+    """``[B, T]`` parents of random trees (each node's parent uniform over the root and earlier nodes)."""
+    return torch.stack(
+        [torch.randint(-1, i, (batch,), generator=generator) if i else torch.full((batch,), -1) for i in range(nodes)],
+        1,
+    )
+
+
+@torch.no_grad()
+def test_tree_forward_equals_a_plain_forward_of_each_path():
+    """Every node's logits from one tree forward at an offset (per row) equal a no-cache forward of
+    the row's prefix followed by the node's path; siblings must not see each other."""
+    target, _ = tiny_pair()
+    generator = torch.Generator().manual_seed(1)
+    B, T, V = 3, 9, target.config.vocab_size
+    parents = random_tree(B, T, generator)
+    tokens = torch.randint(0, V, (B, T), generator=generator)
+    prefix_lengths = torch.tensor([5, 9, 7])
+    prefixes = torch.randint(0, V, (B, 9), generator=generator)
+    cache = target.new_cache(B, 40)
+    target(prefixes[:, :-1], torch.zeros(B, dtype=torch.int64), cache)  # positions 0..7; row 0 and 2 rewrite theirs
+    depths, ancestors = tree_layout(parents)
+    root = prefix_lengths - 1
+    roots = prefixes[torch.arange(B), root]
+    attention = TreeAttention(root, depths, ancestors, torch.arange(T + 1).expand(B, -1))
+    got = target(torch.cat([roots[:, None], tokens], 1), cache=cache, tree=attention)
+    for b in range(B):
+        for node in range(T + 1):
+            path = [i - 1 for i in range(1, T + 1) if ancestors[b, node, i]]  # tree nodes, in order
+            text = torch.cat([prefixes[b, : prefix_lengths[b]], tokens[b, path]])
+            expected = target(text[None])[0, -1]
+            torch.testing.assert_close(got[b, node], expected, rtol=0, atol=1e-10)
+
+
+@torch.no_grad()
+def test_tree_steps_keep_cache_lengths_true(close_pair):
+    """Tree steps by hand over ragged rows, EOS freezing some: after every commit the target's cache
+    holds exactly the committed tokens' K/V below its length (the accepted path was moved into
+    place), and the draft's cache (trail depth + 1) too."""
+    target, draft = close_pair
+    spec = TreeSpec.static((3, 2, 1))
+    eos = int(generate(target, PROMPTS, 4, eos_id=None).tokens[1, 3])
+    sampling = SamplingSettings(temperature=0.0, eos_id=eos)
+    ids, prompt_lengths = encode_prompts(PROMPTS)
+    width = 90
+    caches = [target.new_cache(len(PROMPTS), width), draft.new_cache(len(PROMPTS), width)]
+    state = DecodeState.start(ids, prompt_lengths, width, caches, trails=[1, spec.max_depth + 1])
+    prefill(target, caches[0], ids)
+    prefill(draft, caches[1], ids)
+    longest = 0
+    for _ in range(6):
+        out = tree_step(target, draft, state, spec, sampling)
+        longest = max(longest, int(out.num_accepted[state.active].max()))
+        commit_verified_(state, out, sampling.eos_id, max_new_tokens=40)
+        assert_cache_holds_committed_tokens(target, caches[0], state, trail=1)
+        assert_cache_holds_committed_tokens(draft, caches[1], state, trail=spec.max_depth + 1)
+    assert longest >= 2 and not bool(state.active.all())  # moved paths of 2+ nodes; a row froze
+
+
+# ---- drafting -----------------------------------------------------------------------------------
+
+
+def start_state(target, draft, prompts, spec):
+    ids, prompt_lengths = encode_prompts(prompts)
+    caches = [target.new_cache(len(prompts), 128), draft.new_cache(len(prompts), 128)]
+    state = DecodeState.start(ids, prompt_lengths, 128, caches, trails=[1, spec.max_depth + 1])
+    prefill(target, caches[0], ids)
+    prefill(draft, caches[1], ids)
+    return state
+
+
+@torch.no_grad()
+def node_distributions(model, state, tree):
+    """``[B, T+1, V]`` the model's softmax after each row's prompt (0) and after each node's path,
+    by no-cache forwards."""
+    depths, ancestors = tree.depths, tree.ancestors
+    rows = []
+    for b in range(state.batch_size):
+        prompt = state.tokens[b, : state.lengths[b]]
+        row = []
+        for node in range(depths.shape[1]):
+            path = [i - 1 for i in range(1, depths.shape[1]) if ancestors[b, node, i]]
+            row.append(model(torch.cat([prompt, tree.tokens[b, path]])[None])[0, -1].double().softmax(-1))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def test_static_top_k_children_are_the_drafts_top_k(close_pair):
+    target, draft = close_pair
+    spec = TreeSpec.static((3, 2, 2))
+    state = start_state(target, draft, PROMPTS, spec)
+    tree = propose_tree(draft, state.caches[1], state, spec, SamplingSettings(0.0))
+    assert tree.draft_probs is None and tree.tokens.shape == (4, spec.num_nodes)
+    probs = node_distributions(draft, state, tree)
+    for b in range(4):
+        for parent in range(spec.num_nodes + 1):  # layout index
+            children = (tree.parents[b] == parent - 1).nonzero().flatten()
+            if len(children):
+                assert tree.tokens[b, children].tolist() == probs[b, parent].topk(len(children)).indices.tolist()
+
+
+@torch.no_grad()
+def test_dynamic_tree_keeps_the_most_likely_paths(close_pair):
+    """The kept nodes are closed under ancestors, each is one of its parent's top-k under the draft,
+    and no kept node's path probability is below a generated but dropped one's: checked against
+    path probabilities recomputed by no-cache forwards."""
+    target, draft = close_pair
+    spec = TreeSpec.dynamic(7, top_k=3, depth=4)
+    state = start_state(target, draft, PROMPTS, spec)
+    tree = propose_tree(draft, state.caches[1], state, spec, SamplingSettings(0.0))
+    probs = node_distributions(draft, state, tree)
+    for b in range(4):
+        parents = tree.parents[b].tolist()
+        assert all(p < i for i, p in enumerate(parents))  # parents first: ancestors are kept
+        path_prob = [1.0]
+        for i, p in enumerate(parents):
+            top = probs[b, p + 1].topk(spec.top_k)
+            assert int(tree.tokens[b, i]) in top.indices.tolist()
+            path_prob.append(path_prob[p + 1] * float(probs[b, p + 1, tree.tokens[b, i]]))
+        # The root's top-k children that were dropped have lower path probability than every kept leaf.
+        kept_roots = {int(tree.tokens[b, i]) for i, p in enumerate(parents) if p == -1}
+        root_top = probs[b, 0].topk(spec.top_k)
+        dropped = [float(v) for v, t in zip(root_top.values, root_top.indices) if int(t) not in kept_roots]
+        assert all(d <= min(path_prob[1:]) + 1e-6 for d in dropped)
+    assert int(tree.depths.max()) >= 2
+
+
+# ---- greedy: identical to plain greedy decoding -------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", TREES, ids=lambda s: s.label())
+@pytest.mark.parametrize("batch", ["single", "batch4"])
+def test_greedy_tree_decoding_equals_greedy(close_pair, spec, batch):
+    target, draft = close_pair
+    groups = [[p] for p in PROMPTS] if batch == "single" else [PROMPTS]
+    hist = torch.zeros(spec.max_depth + 1, dtype=torch.int64)
+    for prompts in groups:
+        plain = generate(target, prompts, 24, eos_id=None)
+        tree = speculative_generate(target, draft, prompts, 24, eos_id=None, tree=spec)
+        assert torch.equal(tree.tokens, plain.tokens)
+        assert tree.num_tokens.tolist() == [24] * len(prompts)
+        assert tree.stats["verified_tokens_per_step"] == spec.num_nodes + 1
+        hist += torch.tensor(tree.stats["accepted_hist"])
+    assert hist[0] > 0 and hist[2:].sum() > 0  # rejections at the root, and paths of 2+ accepted
+
+
+def test_tree_decoding_stops_at_eos(close_pair):
+    target, draft = close_pair
+    plain = generate(target, PROMPTS, 20, eos_id=None)
+    eos = int(plain.tokens[0, 5])
+    tree = speculative_generate(target, draft, PROMPTS, 20, eos_id=eos, tree=TREES[0])
+    assert torch.equal(tree.tokens, generate(target, PROMPTS, 20, eos_id=eos).tokens)
+    assert int(tree.num_tokens[0]) == 6
+
+
+def test_shipped_pair_greedy_tree_equals_greedy():
+    """The shipped pair at batch 1 (the target in its default dtype on this machine): greedy tree
+    decoding gives plain greedy decoding's text."""
+    import os
+
+    import specdecode as sd
+    from specdecode.decoder.generate import WEIGHTS_DIR
+
+    if not os.path.exists(os.path.join(WEIGHTS_DIR, "target.pt")):
+        pytest.skip("no shipped weights in this checkout")
+    target, draft = sd.load_pretrained()
+    prompt = ["def main():\n"]
+    plain = sd.generate(target, prompt, 32, eos_id=None)
+    for spec in (TreeSpec.static((4, 2, 1, 1)), TreeSpec.dynamic(16, top_k=4, depth=5)):
+        tree = sd.speculative_generate(target, draft, prompt, 32, eos_id=None, tree=spec)
+        assert torch.equal(tree.tokens, plain.tokens), spec.label()
+        assert tree.stats["mean_accepted_length"] > 2
+
+
+def test_bad_tree_arguments_name_the_argument(close_pair):
+    target, draft = close_pair
+    with pytest.raises(TypeError, match="tree"):
+        speculative_generate(target, draft, PROMPTS, 4, tree=(2, 2))
+    for kwargs in [
+        dict(branching=(2, 0)),
+        dict(branching=(2,), node_budget=3),
+        dict(),
+        dict(branching=(2,), children="sorted"),
+        dict(node_budget=50, top_k=2, depth=3),
+        dict(node_budget=4, top_k=2, depth=3, children="iid"),
+    ]:
+        with pytest.raises(ValueError, match="tree"):
+            TreeSpec(**kwargs)
+
+
+# ---- sampling: the output distribution is the target's ------------------------------------------
+
+SAMPLED_TREES = [
+    TreeSpec.static((3, 2), children="top_k"),
+    TreeSpec.static((3, 2), children="without_replacement"),
+    TreeSpec.static((3, 2), children="iid"),
+    TreeSpec.dynamic(6, top_k=3, depth=3),
+]
+
+
+def check_first_two_tokens(spec: TreeSpec, num_rows: int, vocab: int, temperature: float, seed: int) -> None:
+    target, draft = tiny_pair(vocab_size=vocab, noise=0.6, seed=seed, dtype=torch.float32)
+    prompt = [1, 2, 3]
+    first, second = exact_first_two(target, prompt, temperature)
+    generator = torch.Generator().manual_seed(seed)
+    prompts = torch.tensor([prompt]).expand(num_rows, -1)
+    out = speculative_generate(
+        target, draft, prompts, 2, temperature=temperature, generator=generator, eos_id=None, tree=spec
+    )
+    for position, probs in ((0, first), (1, second)):
+        counts = torch.bincount(out.tokens[:, position], minlength=vocab)
+        assert_fits(counts, probs, FALSE_ALARM_RATE, f"{spec.label()} token {position}")
+    hist = out.stats["accepted_hist"]
+    assert hist[0] > 0 and sum(hist[1:]) > 0  # both accepted and rejected roots
+    # Power of the test: the draft's own first-token distribution is rejected by it.
+    draft_first, _ = exact_first_two(draft, prompt, temperature)
+    with pytest.raises(AssertionError):
+        assert_fits(torch.bincount(out.tokens[:, 0], minlength=vocab), draft_first, FALSE_ALARM_RATE)
+
+
+@pytest.mark.parametrize("spec", SAMPLED_TREES, ids=lambda s: s.label())
+def test_sampling_first_two_tokens_match_target(spec):
+    check_first_two_tokens(spec, num_rows=4000, vocab=8, temperature=0.7, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("spec", SAMPLED_TREES, ids=lambda s: s.label())
+def test_sampling_first_two_tokens_match_target_large(spec, seed):
+    check_first_two_tokens(spec, num_rows=40000, vocab=16, temperature=1.3, seed=seed)
+
+
+@torch.no_grad()
+def test_verifying_with_the_wrong_drawing_rule_fails():
+    """Power: siblings drawn i.i.d. but verified as if drawn without replacement are biased, and the
+    first-token test above catches it -- while the right rule passes on the same trees."""
+    vocab, num_rows, temperature = 8, 4000, 0.7
+    target, draft = tiny_pair(vocab_size=vocab, noise=0.6, seed=0, dtype=torch.float32)
+    prompt = [1, 2, 3]
+    first, _ = exact_first_two(target, prompt, temperature)
+    spec = TreeSpec.static((4,), children="iid")
+    sampling = SamplingSettings(temperature, torch.Generator().manual_seed(0), eos_id=None)
+    state = start_state(target, draft, torch.tensor([prompt]).expand(num_rows, -1), spec)
+    tree = propose_tree(draft, state.caches[1], state, spec, sampling)
+    target_probs = verify_tree(target, state.caches[0], state, tree, sampling)
+    right, _, _ = _tree_rejection_sample(tree, target_probs, sampling)
+    wrong, _, _ = _tree_rejection_sample(dataclasses.replace(tree, draws="without_replacement"), target_probs, sampling)
+    assert_fits(torch.bincount(right[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "iid rule")
+    with pytest.raises(AssertionError):
+        assert_fits(torch.bincount(wrong[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "wrong rule")
