@@ -16,4 +16,4 @@ def is_interpreting() -> bool:
 
 
 # Modules with kernels; each defines aot_cases() (see _aot.py). Add new kernel modules here.
-KERNEL_MODULES = ["rejection_sample", "topk_prune", "compact_kv", "tree_rejection_sample"]
+KERNEL_MODULES = ["rejection_sample", "topk_prune", "compact_kv", "tree_rejection_sample", "rejection_sample_ragged"]
