@@ -261,8 +261,8 @@ def speculative_generate(
     if tree is not None:
         K = tree.max_depth  # the most drafts one step accepts
     # A frozen row may sit K past its budget and still write a step's positions beyond that: K+1
-    # for a chain; for a tree, its candidate nodes after the root.
-    scratch = K + 1 if tree is None else tree.candidate_nodes
+    # for a chain; for a tree, the positions its step writes from the root on.
+    scratch = K + 1 if tree is None else tree.cache_nodes
     max_len = P + max_new_tokens + K + scratch
     for model in (target, draft):
         _check_fits(model, max_len)

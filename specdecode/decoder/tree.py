@@ -43,8 +43,9 @@ repeated) and greedy verification: the text equals plain greedy decoding's.
 tokens (the window), which ends at the root and gives the root's distribution: a step commits at
 most ``max_depth + 1`` tokens, and the tree's nodes were written to scratch positions after the
 root, so the draft's cache is valid before the window (its trail in ``DecodeState`` is
-``max_depth + 1``). The draft then writes its tree at the same layout as the target, node ``i``
-at position ``root + i``.
+``max_depth + 1``). The draft then writes its tree after the root: a static tree in the
+target's layout (node ``i`` at position ``root + i``), a dynamic tree only the nodes it expands,
+in the order it feeds them (``TreeSpec.cache_nodes`` positions from the root on).
 """
 
 from __future__ import annotations
@@ -132,6 +133,14 @@ class TreeSpec:
         ``1 + top_k + (depth - 1) top_k^2`` and verifies ``node_budget`` of them."""
         if self.is_dynamic:
             return 1 + self.top_k + (self.depth - 1) * self.top_k**2
+        return self.num_nodes + 1
+
+    @property
+    def cache_nodes(self) -> int:
+        """Cache positions from the root on that one step writes in either model's cache: the
+        target's ``T + 1``; a dynamic tree's draft writes the root and ``top_k`` fed nodes per level."""
+        if self.is_dynamic:
+            return max(self.node_budget, self.top_k * (self.depth - 1)) + 1
         return self.num_nodes + 1
 
     def verifier_draws(self, greedy: bool) -> tuple[bool, str]:
@@ -277,47 +286,73 @@ def _dynamic_tree(
 ) -> DraftTree:
     """EAGLE-2's expand-then-rerank (module docstring), every row at once with fixed shapes.
 
-    Candidates are laid out root first (0), then level 1 (``top_k`` nodes), then ``top_k^2`` per
-    further level; ``scores`` are log path probabilities."""
+    *Candidates* (every node generated): root 0, then level 1 (``top_k``), then ``top_k^2`` per
+    further level, with ``scores`` = log path probabilities. Only *fed* nodes (root, then the
+    ``top_k`` expanded per level) need K/V in the draft's cache: fed node ``f`` is written at
+    position ``root + f``, and ``fed_ancestors`` is the tree attention over them."""
     B, k = root_probs.shape[0], spec.top_k
     device = root_probs.device
-    N = spec.candidate_nodes
+    N, F = spec.candidate_nodes, 1 + k * (spec.depth - 1)
     rows = torch.arange(B, device=device)[:, None]
     tokens = torch.zeros(B, N, dtype=torch.int64, device=device)
-    parents = torch.zeros(B, N, dtype=torch.int64, device=device)  # layout parents; the root's is unused
+    parents = torch.zeros(B, N, dtype=torch.int64, device=device)  # candidate indices; the root's is unused
     depths = torch.zeros(B, N, dtype=torch.int64, device=device)
     scores = torch.zeros(B, N, device=device)
-    ancestors = torch.zeros(B, N, N, dtype=torch.bool, device=device)
-    ancestors[:, 0, 0] = True
+    fed_slot = torch.full((B, N), -1, dtype=torch.int64, device=device)  # -1: never fed
+    fed_slot[:, 0] = 0
+    fed_depths = torch.zeros(B, F, dtype=torch.int64, device=device)
+    fed_ancestors = torch.zeros(B, F, F, dtype=torch.bool, device=device)
+    fed_ancestors[:, 0, 0] = True
+    strict_ancestors = torch.zeros(B, N, F, dtype=torch.bool, device=device)  # a candidate's fed ancestors
 
-    def add_level(first: int, parent: Tensor, probs: Tensor) -> Tensor:
-        """Top-k children of the nodes ``parent [B, M]`` (distributions ``probs [B, M, V]``) become
-        nodes ``first ..``; returns their indices ``[B, M * k]``."""
+    def add_children(first: int, parent: Tensor, probs: Tensor) -> Tensor:
+        """The top-k tokens of each of the nodes ``parent [B, M]`` (distributions ``probs [B, M, V]``)
+        become candidates ``first .. first + M k - 1``; returns their indices ``[B, M k]``."""
         top = probs.topk(k, dim=-1)
-        new = torch.arange(first, first + parent.shape[1] * k, device=device).expand(B, -1)
+        new = slice(first, first + parent.shape[1] * k)
         parent = parent.repeat_interleave(k, dim=1)
-        tokens[:, first : first + new.shape[1]] = top.indices.flatten(1)
-        parents[:, first : first + new.shape[1]] = parent
-        depths[:, first : first + new.shape[1]] = depths.gather(1, parent) + 1
-        scores[:, first : first + new.shape[1]] = scores.gather(1, parent) + top.values.flatten(1).log()
-        ancestors[:, first : first + new.shape[1]] = ancestors[rows, parent]
-        ancestors[rows, new, new] = True
-        return new
+        tokens[:, new] = top.indices.flatten(1)
+        parents[:, new] = parent
+        depths[:, new] = depths.gather(1, parent) + 1
+        scores[:, new] = scores.gather(1, parent) + top.values.flatten(1).log()
+        parent_slot = fed_slot.gather(1, parent)
+        strict_ancestors[:, new] = strict_ancestors[rows, parent] | fed_ancestors[rows, parent_slot]
+        return torch.arange(new.start, new.stop, device=device).expand(B, -1)
 
-    frontier = add_level(1, torch.zeros(B, 1, dtype=torch.int64, device=device), root_probs[:, None])
-    first = 1 + k
-    for _ in range(spec.depth - 1):
-        attention = TreeAttention(root_position, depths, ancestors, frontier)
-        probs = sampling.probs(draft(tokens.gather(1, frontier), cache=cache, tree=attention))
-        level = add_level(first, frontier, probs)
-        first += level.shape[1]
-        frontier = level.gather(1, scores.gather(1, level).topk(k, dim=-1).indices)
-    # Rerank: the budget's best nodes by path probability, ties to the earlier (the parent) node.
+    def feed(frontier: Tensor, first_slot: int) -> Tensor:
+        """Write the nodes ``frontier [B, k]`` into the draft's cache (slots ``first_slot ..``) and
+        return their distributions ``[B, k, V]``."""
+        slots = torch.arange(first_slot, first_slot + k, device=device).expand(B, -1)
+        fed_slot.scatter_(1, frontier, slots)
+        fed_depths[:, first_slot : first_slot + k] = depths.gather(1, frontier)
+        fed_ancestors[:, first_slot : first_slot + k] = strict_ancestors[rows, frontier]
+        fed_ancestors[rows, slots, slots] = True
+        attention = TreeAttention(root_position, fed_depths, fed_ancestors, slots)
+        return sampling.probs(draft(tokens.gather(1, frontier), cache=cache, tree=attention))
+
+    frontier = add_children(1, torch.zeros(B, 1, dtype=torch.int64, device=device), root_probs[:, None])
+    for level in range(1, spec.depth):
+        children = add_children(1 + k + (level - 1) * k * k, frontier, feed(frontier, 1 + (level - 1) * k))
+        frontier = children.gather(1, scores.gather(1, children).topk(k, dim=-1).indices)
+    return _rerank(tokens, parents, depths, scores, fed_slot, strict_ancestors, spec.node_budget)
+
+
+def _rerank(tokens, parents, depths, scores, fed_slot, strict_ancestors, budget: int) -> DraftTree:
+    """Keep the ``budget`` candidates of highest path probability (ties to the earlier candidate, so a
+    parent comes before a child of equal score) as a ``DraftTree`` in creation order (parents
+    first). A kept node's ancestors are all kept and were all fed."""
+    B, N = tokens.shape
+    device = tokens.device
+    rows = torch.arange(B, device=device)[:, None]
     order = torch.sort(scores[:, 1:], dim=1, descending=True, stable=True).indices + 1
-    kept = order[:, : spec.node_budget].sort(dim=1).values  # creation order: parents before children
-    layout = torch.cat([torch.zeros(B, 1, dtype=torch.int64, device=device), kept], 1)  # root first
+    kept = order[:, :budget].sort(dim=1).values
+    layout = torch.cat([torch.zeros(B, 1, dtype=torch.int64, device=device), kept], 1)  # the root first
     new_index = torch.zeros(B, N, dtype=torch.int64, device=device)
-    new_index.scatter_(1, layout, torch.arange(layout.shape[1], device=device).expand(B, -1))
-    kept_parents = new_index.gather(1, parents.gather(1, kept)) - 1  # verifier indexing: root = -1
-    kept_ancestors = ancestors[rows, layout].gather(2, layout[:, None, :].expand(-1, layout.shape[1], -1))
-    return DraftTree(tokens.gather(1, kept), kept_parents, None, "iid", depths.gather(1, layout), kept_ancestors)
+    new_index.scatter_(1, layout, torch.arange(budget + 1, device=device).expand(B, -1))
+    kept_parents = new_index.gather(1, parents.gather(1, kept)) - 1  # verifier indexing: the root is -1
+    # ancestors[i, j]: j == i, or j was fed and its slot is among i's fed ancestors.
+    slot_of_kept = fed_slot.gather(1, layout)  # [B, T+1]
+    candidate_rows = strict_ancestors[rows, layout]  # [B, T+1, F]
+    is_ancestor = candidate_rows.gather(2, slot_of_kept.clamp_min(0)[:, None, :].expand(-1, budget + 1, -1))
+    ancestors = (is_ancestor & (slot_of_kept >= 0)[:, None, :]) | torch.eye(budget + 1, dtype=torch.bool, device=device)
+    return DraftTree(tokens.gather(1, kept), kept_parents, None, "iid", depths.gather(1, layout), ancestors)
