@@ -28,6 +28,12 @@ from specdecode.ops.compact_kv import KVCacheCompactor, compact_kv_cache_
 from specdecode.ops.rejection_sample import RejectionSampler, rejection_sample
 from specdecode.ops.rejection_sample_ragged import RaggedRejectionSampler, rejection_sample_ragged
 from specdecode.ops.topk_prune import RewardPruner, kept_indices_from_mask, topk_prune
+from specdecode.ops.tree_rejection_sample import (
+    TreeRejectionOutput,
+    TreeRejectionSampler,
+    parents_from_first_child_next_sibling,
+    tree_rejection_sample,
+)
 
 __all__ = [
     "rejection_sample",
@@ -35,6 +41,10 @@ __all__ = [
     "RejectionOutput",
     "rejection_sample_ragged",
     "RaggedRejectionSampler",
+    "tree_rejection_sample",
+    "TreeRejectionSampler",
+    "TreeRejectionOutput",
+    "parents_from_first_child_next_sibling",
     "topk_prune",
     "compact_kv_cache_",
     "kept_indices_from_mask",

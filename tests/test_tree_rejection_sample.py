@@ -18,7 +18,7 @@ import pytest
 import torch
 from stats import assert_fits
 
-import specdecode  # noqa: F401  (registers torch.ops.specdecode.*)
+import specdecode as sd
 from specdecode.kernels import tree_rejection_sample as triton_tree
 from specdecode.reference import rejection_sample as chain_ref
 from specdecode.reference import tree_rejection_sample as ref
@@ -284,7 +284,7 @@ def test_draft_rows_of_later_siblings_are_not_read(backend):
 
 def test_zero_residual_mass_falls_back_to_target(every_backend):
     # p = 2q (not normalised) rejects half the time while max(0, q - p) has no mass at all.
-    batch = 24
+    batch = 12
     target = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]]).expand(batch, 2, 4).contiguous()
     for without_replacement in DENSE_MODES:
         tokens, _, accepted = verify(
@@ -320,7 +320,7 @@ def test_degenerate_rows_emit_in_range(backend, bad_value):
 @pytest.mark.parametrize("proposer", ["dense", "one-hot"])
 def test_path_shaped_tree_is_the_chain_verifier(every_backend, proposer):
     """A path (node i's parent is i - 1) gives exactly the chain op's output for the same seed."""
-    batch, num_drafts, vocab = 16, 4, 20
+    batch, num_drafts, vocab = 8, 4, 20
     target = random_probs(batch, num_drafts + 1, vocab)
     draft_probs = random_probs(batch, num_drafts, vocab)
     ids = torch.multinomial(draft_probs.reshape(-1, vocab), 1).reshape(batch, num_drafts)
@@ -513,3 +513,198 @@ def test_offsets_beyond_int32(every_backend):
     parents = torch.full((2, 1), ROOT)
     tokens, nodes, accepted = verify(every_backend, torch.tensor([[3], [60]]), parents, None, target, seed=0)
     assert tokens.tolist() == [[3, 3], [60, 60]] and accepted.tolist() == [1, 1]
+
+
+# ------------------------------------------------------------------------------------------
+# Public API: the encoding helper, argument checks, validate=True, plumbing
+# ------------------------------------------------------------------------------------------
+
+
+def random_sglang_trees(batch: int, size: int, generator: torch.Generator):
+    """Random trees in SGLang's first-child/next-sibling encoding (node 0 = root), sibling lists
+    in random order."""
+    first_child = torch.full((batch, size), -1)
+    next_sibling = torch.full((batch, size), -1)
+    for b in range(batch):
+        for node in torch.randperm(size - 1, generator=generator).tolist():
+            child = node + 1
+            parent = int(torch.randint(0, child, (1,), generator=generator))
+            next_sibling[b, child] = first_child[b, parent]  # push front: lists end up in random order
+            first_child[b, parent] = child
+    return first_child, next_sibling
+
+
+def test_parents_from_first_child_next_sibling_matches_a_walk_of_the_lists():
+    first_child, next_sibling = random_sglang_trees(16, 9, torch.Generator().manual_seed(0))
+    expected = sglang_parents(first_child, next_sibling)
+    assert torch.equal(sd.parents_from_first_child_next_sibling(first_child, next_sibling), expected)
+    assert torch.equal(sd.parents_from_first_child_next_sibling(first_child.int(), next_sibling.int()), expected)
+    # Cut the root's list in row 0: nothing there is reachable from the root any more.
+    first_child[0, 0] = -1
+    parents = sd.parents_from_first_child_next_sibling(first_child, next_sibling)
+    ids = torch.zeros_like(parents)
+    always_accept = one_hot_rows([0], 2).expand(ids.shape[0], ids.shape[1] + 1, 2)  # q = one-hot at token 0
+    _, _, accepted = verify(_run_reference, ids, parents, None, always_accept, greedy=True)
+    assert accepted[0] == 0 and bool((accepted[1:] > 0).all())
+    with pytest.raises(ValueError, match="one shape"):
+        sd.parents_from_first_child_next_sibling(first_child, next_sibling[:, :3])
+
+
+def _public_case(batch=6, num_nodes=5, vocab=12):
+    ids, parents, draft_probs, target, _ = random_tree_case(batch, num_nodes, vocab, torch.float32, seed=1)
+    return ids, parents, draft_probs, target
+
+
+def test_public_op_is_the_raw_op():
+    ids, parents, draft_probs, target = _public_case()
+    for draws in DRAWS_NAMES:
+        out = sd.tree_rejection_sample(ids, parents, draft_probs, target, draws=draws, seed=9, offset=2)
+        raw = verify(_run_cpp, ids, parents, draft_probs, target, False, 9, 2, draws == "without_replacement")
+        assert all(torch.equal(a, b) for a, b in zip(out, raw))
+        assert isinstance(out, sd.TreeRejectionOutput)
+
+
+DRAWS_NAMES = ["iid", "without_replacement"]
+
+
+def test_bad_inputs_raise_clear_errors():
+    ids, parents, draft_probs, target = _public_case()
+    cases = [
+        (dict(draft_token_ids=ids[0]), ValueError, "draft_token_ids must have 2 dimensions"),
+        (dict(parents=parents.float()), TypeError, "parents must have dtype"),
+        (dict(parents=parents[:, :3]), ValueError, "parents must have the shape of draft_token_ids"),
+        (dict(target_probs=target[:, :3]), ValueError, r"target_probs must be \[B, T\+1, V\]"),
+        (dict(target_probs=target.double()), TypeError, "target_probs must have dtype"),
+        (dict(draft_probs=draft_probs[:, :, :5]), ValueError, r"draft_probs must be \[B, T, V\]"),
+        (dict(parents=parents.to("meta")), ValueError, "parents is on meta"),
+        (dict(draws="top-k"), ValueError, "draws must be one of"),
+        (dict(greedy=torch.tensor([True])), ValueError, "greedy must be a"),
+        (dict(seed=1, generator=torch.Generator()), ValueError, "either generator or seed"),
+        (dict(offset=1.5), TypeError, "offset must be an int"),
+        (dict(target_probs=torch.empty(6, 6, 0)), ValueError, "empty vocabulary"),
+    ]
+    base = dict(draft_token_ids=ids, parents=parents, draft_probs=draft_probs, target_probs=target)
+    for override, error, message in cases:
+        kwargs = {**base, **override}
+        args = [kwargs.pop(k) for k in ("draft_token_ids", "parents", "draft_probs", "target_probs")]
+        with pytest.raises(error, match=message):
+            sd.tree_rejection_sample(*args, **kwargs)
+
+
+def test_raw_op_rejects_bad_layouts_without_crashing():
+    ids, parents, draft_probs, target = _public_case()
+    args = [ids, parents, draft_probs, target, torch.zeros(6, dtype=torch.bool), torch.tensor([1]), torch.tensor([0])]
+    bad = {1: parents[:, :4], 3: target[:, :4], 4: torch.zeros(5, dtype=torch.bool), 5: torch.tensor([1, 2])}
+    for position, value in bad.items():
+        broken = list(args)
+        broken[position] = value
+        with pytest.raises(RuntimeError, match="tree_rejection_sample"):
+            torch.ops.specdecode.tree_rejection_sample(*broken, False)
+
+
+def test_validate_reports_bad_values():
+    ids, parents, draft_probs, target = _public_case()
+    sd.tree_rejection_sample(ids, parents, draft_probs, target, validate=True)  # valid input passes
+    late_parent = parents.clone()
+    late_parent[2, 3] = 3
+    nan_target = target.clone()
+    nan_target[1, 2, 4] = float("nan")
+    siblings_differ = draft_probs.clone()
+    b, i = next((b, i) for b in range(6) for i in range(1, 5) if int(parents[b, i]) in parents[b, :i].tolist())
+    siblings_differ[b, i] = siblings_differ[b, i].flip(-1)
+    too_big = ids.clone()
+    too_big[0, 1] = 12
+    cases = [
+        (dict(parents=late_parent), r"parents\[2, 3\] = 3 is outside \[-1, 3\)"),
+        (dict(target_probs=nan_target), "target_probs contains NaN or inf"),
+        (dict(draft_probs=siblings_differ), rf"draft_probs\[{b}, {i}\] differs from the row of node"),
+        (dict(draft_token_ids=too_big), r"draft_token_ids\[0, 1\] = 12 is outside \[-1, V\)"),
+    ]
+    base = dict(draft_token_ids=ids, parents=parents, draft_probs=draft_probs, target_probs=target)
+    for override, message in cases:
+        kwargs = {**base, **override}
+        args = [kwargs[k] for k in ("draft_token_ids", "parents", "draft_probs", "target_probs")]
+        with pytest.raises(ValueError, match=message):
+            sd.tree_rejection_sample(*args, validate=True)
+        sd.tree_rejection_sample(*args)  # without validate: no raise, outputs in range
+
+
+def test_inputs_are_not_modified_and_int32_works():
+    ids, parents, draft_probs, target = _public_case()
+    ids32, parents32 = ids.int(), parents.int()
+    snapshots = [t.clone() for t in (ids32, parents32, draft_probs, target)]
+    out32 = sd.tree_rejection_sample(ids32, parents32, draft_probs, target, seed=5)
+    for before, after in zip(snapshots, (ids32, parents32, draft_probs, target)):
+        assert torch.equal(before, after) and before.dtype == after.dtype
+    out64 = sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(out32, out64)) and out32.token_ids.dtype == torch.int64
+
+
+def test_strided_probabilities_and_mixed_dtypes():
+    ids, parents, draft_probs, target = _public_case()
+    expected = sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=3)
+    transposed = target.transpose(1, 2).contiguous().transpose(1, 2)  # strided in V
+    got = sd.tree_rejection_sample(ids, parents, draft_probs, transposed, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    mixed = sd.tree_rejection_sample(ids, parents, draft_probs.bfloat16(), target, seed=3)  # widened to float32
+    assert torch.equal(
+        mixed.token_ids, verify(_run_cpp, ids, parents, draft_probs.bfloat16().float(), target, seed=3)[0]
+    )
+
+
+def test_seeds_offsets_and_generators():
+    ids, parents, draft_probs, target = _public_case(batch=64)
+    first = sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=77)
+    assert torch.equal(first.token_ids, sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=77).token_ids)
+    stepped = sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=77, offset=1)
+    assert not torch.equal(first.token_ids, stepped.token_ids)
+    run = lambda gen: sd.tree_rejection_sample(ids, parents, draft_probs, target, generator=gen).token_ids
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(run(gen_a), run(gen_b))
+    assert not torch.equal(run(gen_a), run(torch.Generator().manual_seed(3)))  # gen_a advanced
+    seeds, offsets = torch.arange(100, 164), torch.arange(64) * 3
+    batched = sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=seeds, offset=offsets)
+    for row in (0, 17, 63):
+        alone = sd.tree_rejection_sample(
+            ids[row : row + 1],
+            parents[row : row + 1],
+            draft_probs[row : row + 1],
+            target[row : row + 1],
+            seed=seeds[row : row + 1],
+            offset=offsets[row : row + 1],
+        )
+        assert torch.equal(alone.token_ids[0], batched.token_ids[row])
+
+
+def test_module_wraps_the_op():
+    ids, parents, draft_probs, target = _public_case()
+    module = sd.TreeRejectionSampler()
+    assert torch.equal(
+        module(ids, parents, draft_probs, target, seed=4).token_ids,
+        sd.tree_rejection_sample(ids, parents, draft_probs, target, seed=4).token_ids,
+    )
+    with pytest.raises(ValueError):
+        sd.TreeRejectionSampler(validate=True)(ids, parents, draft_probs, target * 2, seed=4)
+
+
+def test_opcheck():
+    ids, parents, draft_probs, target = _public_case()
+    greedy = torch.tensor([True, False, False, True, False, False])
+    for probs, without_replacement in ((draft_probs, True), (None, False)):
+        torch.library.opcheck(
+            torch.ops.specdecode.tree_rejection_sample,
+            (ids, parents, probs, target, greedy, torch.tensor([1]), torch.tensor([0]), without_replacement),
+        )
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    ids, parents, draft_probs, target = _public_case()
+    seeds = torch.arange(ids.shape[0])
+
+    def step(ids, parents, p, q, s):
+        out = sd.tree_rejection_sample(ids, parents, p, q, draws="without_replacement", seed=s)
+        return out.token_ids, out.accepted_nodes, out.num_accepted
+
+    eager = step(ids, parents, draft_probs, target, seeds)
+    compiled = torch.compile(step, fullgraph=True)(ids, parents, draft_probs, target, seeds)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
