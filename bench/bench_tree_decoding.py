@@ -1,0 +1,299 @@
+"""Token trees vs chains end to end on the shipped pair: accepted length, tokens/s, verify cost.
+
+    python -m bench.bench_tree_decoding           # batch 1 and 4; chains K = 2..8; trees of 4..64 nodes (~15 min)
+    python -m bench.bench_tree_decoding --quick   # batch 1; K = 4, 8; three trees (~1 min)
+
+One torch thread (``--threads``). In one run, for each batch size, every method decodes the same
+prompts: plain decoding, chains (``speculative_generate(num_draft_tokens=K)``), static top-k
+trees and EAGLE-2-style dynamic trees (``speculative_generate(tree=TreeSpec...)``), alternating
+within each repeat so all see the same machine load; tokens/s is the median over repeats, the
+speedup is against plain decoding, the mean accepted length (tokens emitted per row-step) is
+summed over repeats. ``verified`` is the tokens the target reads per step (K + 1, or T + 1 for a
+tree of T nodes): the cost side of the trade. A ``kind="verify"`` table gives the target's forward
+time per node count (a chain's causal forward and a tree-attention forward of the same size), the
+price of a larger tree. Greedy rows also count the rows whose text equals plain decoding's.
+
+Rows: ``run(...)`` returns them and saves ``bench/out/tree_decoding.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+import specdecode as sd
+from bench.prompts import PROMPTS, weights_available
+from bench.report import OUT_DIR, Log, Section, of_kind, save_rows
+from bench.timing import median_ms, torch_threads
+from specdecode.decoder.model import TreeAttention
+from specdecode.decoder.tree import TreeSpec, static_parents, tree_layout
+
+TOPIC = "tree_decoding"
+
+STATIC_BRANCHINGS = [(2, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1, 1, 1), (2, 2, 1, 1, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1, 1, 1)]
+DYNAMIC_BUDGETS = [4, 8, 16, 32, 64]
+DYNAMIC_TOP_K, DYNAMIC_DEPTH = 4, 8
+
+
+def methods(ks, static_branchings, dynamic_budgets) -> list[dict]:
+    """Every method to compare: ``{"method", "label", "k" | "tree", "verified"}``."""
+    out = [{"method": "chain", "label": f"chain K={k}", "k": k, "verified": k + 1} for k in ks]
+    for branching in static_branchings:
+        spec = TreeSpec.static(tuple(branching))
+        out.append({"method": "static", "label": spec.label(), "tree": spec, "verified": spec.num_nodes + 1})
+    for budget in dynamic_budgets:
+        spec = TreeSpec.dynamic(budget, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH)
+        out.append({"method": "dynamic", "label": spec.label(), "tree": spec, "verified": budget + 1})
+    return out
+
+
+def _decode(target, draft, prompts, max_new_tokens: int, temperature: float, generator, method: dict):
+    if method["method"] == "chain":
+        options = {"num_draft_tokens": method["k"]}
+    else:
+        options = {"tree": method["tree"]}
+    return sd.speculative_generate(
+        target, draft, prompts, max_new_tokens, temperature=temperature, generator=generator, eos_id=None, **options
+    )
+
+
+def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: float, max_new_tokens: int, repeats: int):
+    """``kind="decode"`` rows for one batch size: plain decoding and one row per method."""
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    rates = {m["label"]: [] for m in chosen}
+    plain_rates, emitted, row_steps, same = (
+        [],
+        dict.fromkeys(rates, 0),
+        dict.fromkeys(rates, 0),
+        dict.fromkeys(rates, 0),
+    )
+    for rep in range(repeats + 1):  # rep 0 warms up
+        generator = torch.Generator().manual_seed(rep)
+        plain = sd.generate(target, prompts, max_new_tokens, temperature=temperature, generator=generator, eos_id=None)
+        if rep:
+            plain_rates.append(plain.stats["tokens_per_second"])
+        for method in chosen:
+            out = _decode(target, draft, prompts, max_new_tokens, temperature, generator, method)
+            if not rep:
+                continue
+            label = method["label"]
+            rates[label].append(out.stats["tokens_per_second"])
+            hist = out.stats["accepted_hist"]
+            emitted[label] += sum((a + 1) * c for a, c in enumerate(hist))
+            row_steps[label] += sum(hist)
+            same[label] += int((out.tokens == plain.tokens).all(1).sum()) if temperature == 0 else 0
+    common = {"kind": "decode", "batch": batch, "temperature": temperature, "max_new_tokens": max_new_tokens}
+    plain_rate = statistics.median(plain_rates)
+    rows = [{**common, "method": "plain", "label": "plain", "verified": 1, "tokens_per_s": plain_rate, "speedup": 1.0}]
+    rows[0]["mean_accepted_length"] = 1.0
+    for method in chosen:
+        label = method["label"]
+        rate = statistics.median(rates[label])
+        rows.append(
+            {
+                **common,
+                "method": method["method"],
+                "label": label,
+                "verified": method["verified"],
+                "tokens_per_s": rate,
+                "speedup": rate / plain_rate,
+                "mean_accepted_length": emitted[label] / row_steps[label],
+                "same_text": same[label] if temperature == 0 else None,
+                "rows_compared": batch * repeats,
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def verify_cost_rows(target, batch_sizes, node_counts, reps: int) -> list[dict]:
+    """``kind="verify"``: the target's forward ms for ``n`` tokens at position 200, as a chain (causal)
+    and as a tree (tree attention over a static tree of ``n - 1`` nodes, branching ``(n - 1,)``:
+    the mask's shape does not change the cost)."""
+    rows = []
+    for batch in batch_sizes:
+        cache = target.new_cache(batch, 200 + max(node_counts) + 1)
+        target(torch.randint(0, 256, (batch, 200)), cache=cache)
+        start = torch.full((batch,), 200)
+        for n in node_counts:
+            tokens = torch.randint(0, 256, (batch, n))
+            chain_ms = median_ms(lambda: target(tokens, start, cache), reps)
+            tree_ms = None
+            if n > 1:
+                parents = static_parents(TreeSpec.static((n - 1,)), batch)
+                depths, ancestors = tree_layout(parents)
+                attention = TreeAttention(start - 1, depths, ancestors, torch.arange(n).expand(batch, n))
+                tree_ms = median_ms(lambda: target(tokens, cache=cache, tree=attention), reps)
+            rows.append({"kind": "verify", "batch": batch, "tokens": n, "chain_ms": chain_ms, "tree_ms": tree_ms})
+    return rows
+
+
+def settings(quick: bool) -> dict:
+    """``run``'s arguments for the full run (the README's numbers) or ``--quick``."""
+    if quick:
+        return {
+            "batch_sizes": [1],
+            "ks": [4, 8],
+            "static_branchings": [(2, 1, 1, 1)],
+            "dynamic_budgets": [8, 16],
+            "max_new_tokens": 48,
+            "repeats": 1,
+            "node_counts": [1, 9, 17],
+            "forward_reps": 5,
+        }
+    return {
+        "batch_sizes": [1, 4],
+        "ks": list(range(2, 9)),
+        "static_branchings": STATIC_BRANCHINGS,
+        "dynamic_budgets": DYNAMIC_BUDGETS,
+        "max_new_tokens": 128,
+        "repeats": 2,
+        "node_counts": [1, 3, 5, 9, 17, 33, 65],
+        "forward_reps": 20,
+    }
+
+
+def run(
+    batch_sizes=(1, 4),
+    ks=tuple(range(2, 9)),
+    static_branchings=tuple(STATIC_BRANCHINGS),
+    dynamic_budgets=tuple(DYNAMIC_BUDGETS),
+    temperature: float = 0.0,
+    max_new_tokens: int = 128,
+    repeats: int = 2,
+    node_counts=(1, 3, 5, 9, 17, 33, 65),
+    forward_reps: int = 20,
+    threads: int | None = 1,
+    weights_dir: str | None = None,
+    out_dir: str | None = OUT_DIR,
+    log: Log = print,
+) -> list[dict]:
+    """A ``kind="setup"`` row, the ``kind="verify"`` rows of ``verify_cost_rows`` and the
+    ``kind="decode"`` rows of ``decode_rows`` per batch size; no rows without weights."""
+    if not weights_available(weights_dir):
+        log(f"  weights not found in {weights_dir or 'the shipped directory'}: tree decoding skipped", flush=True)
+        return save_rows(TOPIC, [], out_dir)
+    with torch_threads(threads):
+        target, draft = sd.load_pretrained(weights_dir=weights_dir)
+        rows = [{"kind": "setup", "threads": torch.get_num_threads(), "target_dtype": str(target.dtype)[6:]}]
+        log("  tree decoding: verify cost ...", flush=True)
+        rows += verify_cost_rows(target, batch_sizes, node_counts, forward_reps)
+        chosen = methods(ks, static_branchings, dynamic_budgets)
+        for batch in batch_sizes:
+            log(f"  tree decoding: batch {batch}, {len(chosen)} methods ...", flush=True)
+            rows += decode_rows(target, draft, batch, chosen, temperature, max_new_tokens, repeats)
+    return save_rows(TOPIC, rows, out_dir)
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def _best(rows: list[dict], method: str | tuple[str, ...]) -> dict | None:
+    methods_ = (method,) if isinstance(method, str) else method
+    chosen = [r for r in rows if r["method"] in methods_]
+    return max(chosen, key=lambda r: r["tokens_per_s"]) if chosen else None
+
+
+def goal_lines(decoded: list[dict]) -> list[str]:
+    """The issue's two goals, checked on the rows: at batch 1 the best tree's tokens/s vs the best
+    chain's; at equal verified tokens per step, the tree's mean accepted length vs the chain's."""
+    lines = []
+    for batch in sorted({r["batch"] for r in decoded}):
+        rows = [r for r in decoded if r["batch"] == batch]
+        chain, tree = _best(rows, "chain"), _best(rows, ("static", "dynamic"))
+        if chain and tree:
+            verdict = "beats" if tree["tokens_per_s"] > chain["tokens_per_s"] else "does not beat"
+            lines.append(
+                f"Batch {batch}: the best tree ({tree['label']}, {tree['tokens_per_s']:.1f} tokens/s, "
+                f"{tree['speedup']:.2f}x plain) {verdict} the best chain ({chain['label']}, "
+                f"{chain['tokens_per_s']:.1f} tokens/s, {chain['speedup']:.2f}x): ratio "
+                f"{tree['tokens_per_s'] / chain['tokens_per_s']:.2f}."
+            )
+        chains = {r["verified"]: r for r in rows if r["method"] == "chain"}
+        for r in rows:
+            if r["method"] in ("static", "dynamic") and r["verified"] in chains:
+                c = chains[r["verified"]]
+                ratio = r["mean_accepted_length"] / c["mean_accepted_length"]
+                lines.append(
+                    f"Batch {batch}, {r['verified']} verified tokens per step: {r['label']} accepts "
+                    f"{r['mean_accepted_length']:.2f} tokens per step vs {c['label']}'s "
+                    f"{c['mean_accepted_length']:.2f} (ratio {ratio:.2f})."
+                )
+    return lines
+
+
+DECODE_HEADER = ["batch", "method", "verified tokens/step", "tokens/s", "speedup", "mean accepted length", "same text"]
+
+
+def decode_table(rows: list[dict]) -> list[list]:
+    table = []
+    for r in rows:
+        same = "" if r.get("same_text") is None else f"{r['same_text']}/{r['rows_compared']}"
+        table.append(
+            [
+                r["batch"],
+                r["label"],
+                r["verified"],
+                f"{r['tokens_per_s']:.1f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['mean_accepted_length']:.2f}",
+                same,
+            ]
+        )
+    return table
+
+
+def section(rows: list[dict], figures_dir: str | None = None) -> Section:
+    s = Section(
+        "Token trees vs chains end to end (CPU, shipped pair)",
+        "Mean accepted length and tokens/s of chains and of static and dynamic (EAGLE-2-style) token "
+        "trees in `sd.speculative_generate`, and the target's verify cost per node count (from "
+        "`bench/bench_tree_decoding.py`).",
+    )
+    if not rows:
+        s.text("Shipped weights not found: section skipped.")
+        return s
+    for setup in of_kind(rows, "setup"):
+        s.text(f"{setup['threads']} torch thread(s); target in {setup['target_dtype']}, draft in float32.")
+    s.table(
+        ["batch", "tokens read", "chain forward ms", "tree forward ms", "vs 1 token"],
+        [
+            [
+                r["batch"],
+                r["tokens"],
+                f"{r['chain_ms']:.1f}",
+                "" if r["tree_ms"] is None else f"{r['tree_ms']:.1f}",
+                f"{(r['tree_ms'] or r['chain_ms']) / _one_token_ms(rows, r['batch']):.2f}x",
+            ]
+            for r in of_kind(rows, "verify")
+        ],
+        "**The target's verify cost** (forward of n tokens at position 200; 'vs 1 token' = the tree "
+        "forward's time over a 1-token step's)",
+    )
+    decoded = of_kind(rows, "decode")
+    if decoded:
+        temperature, max_new = decoded[0]["temperature"], decoded[0]["max_new_tokens"]
+        mode = "greedy" if temperature == 0 else f"T={temperature}"
+        s.table(DECODE_HEADER, decode_table(decoded), f"**{mode}, {max_new} new tokens per row**")
+        s.text("\n".join(f"- {line}" for line in goal_lines(decoded)))
+    return s
+
+
+def _one_token_ms(rows: list[dict], batch: int) -> float:
+    return next(r["chain_ms"] for r in of_kind(rows, "verify") if r["batch"] == batch and r["tokens"] == 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one by default")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    args = parser.parse_args(argv)
+    rows = run(**settings(args.quick), temperature=args.temperature, threads=args.threads)
+    print(section(rows).terminal())
+
+
+if __name__ == "__main__":
+    main()
