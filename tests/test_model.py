@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import specdecode as sd
-from specdecode.decoder.model import ModelConfig, Transformer
+from specdecode.decoder.model import ModelConfig, Transformer, TreeAttention
 from specdecode.decoder.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, tokenizer
 
 ATOL = 1e-10
@@ -119,6 +119,39 @@ def test_compacted_cache_serves_a_smaller_batch():
         got = model(tokens[kept, 6:], cache=cache)  # a batch of 3 uses rows 0..2
     assert [v.shape[0] for v in views] == [3] * len(views)
     assert torch.allclose(got, full_logits(model, tokens[kept])[:, 6:], atol=ATOL, rtol=0)
+
+
+def test_tree_attention_verifies_two_branches_and_the_kept_path_moves_into_place():
+    """A root with two branches (nodes 1-2 and 3-4, written at positions 6..10) in one forward: each
+    node's logits are its path's; after moving branch 2's K/V to positions 7, 8 (``move_positions_``)
+    the cache continues as if that path had been decoded plainly."""
+    model = tiny_model()
+    prefix = torch.randint(0, 256, (2, 7))  # positions 0..6; position 6 is the root
+    branch_a, branch_b, after = (torch.randint(0, 256, (2, 2)) for _ in range(3))
+    depths = torch.tensor([[0, 1, 2, 1, 2]]).expand(2, -1)
+    parents = [None, 0, 1, 0, 3]
+    ancestors = torch.zeros(5, 5, dtype=torch.bool)
+    for node in range(5):
+        walk = node
+        while walk is not None:
+            ancestors[node, walk] = True
+            walk = parents[walk]
+    tree = TreeAttention(torch.full((2,), 6), depths, ancestors.expand(2, -1, -1), torch.arange(5).expand(2, -1))
+    cache = model.new_cache(2, 24)
+    with torch.no_grad():
+        model(prefix[:, :6], cache=cache)
+        got = model(torch.cat([prefix[:, 6:], branch_a, branch_b], 1), cache=cache, tree=tree)
+        cache.move_positions_(torch.tensor([[9, 10]] * 2), torch.tensor([[7, 8]] * 2))
+        continued = model(after, torch.full((2,), 9), cache)
+    path_a, path_b = (full_logits(model, torch.cat([prefix, branch], 1))[:, 6:] for branch in (branch_a, branch_b))
+    assert torch.allclose(got[:, :3], path_a, atol=ATOL, rtol=0)
+    assert torch.allclose(got[:, [0, 3, 4]], path_b, atol=ATOL, rtol=0)
+    expected = full_logits(model, torch.cat([prefix, branch_b, after], 1))[:, 9:]
+    assert torch.allclose(continued, expected, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="input_pos"):
+        model(branch_a, torch.zeros(2, dtype=torch.int64), cache, tree=tree)
+    with pytest.raises(ValueError, match="tree"):
+        model(branch_a, tree=tree)
 
 
 def test_cache_layout_and_bytes_per_token():
