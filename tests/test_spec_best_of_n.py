@@ -10,11 +10,20 @@ import pytest
 import torch
 from stats import assert_fits
 from test_best_of_n import PROMPTS, EOSBiased, gen, tiny
-from test_generate import exact_first_two, tiny_pair
+from test_generate import assert_cache_holds_committed_tokens, exact_first_two, tiny_pair
 
-from specdecode.decoder.best_of_n import best_of_n, speculative_rejection
-from specdecode.decoder.model import Transformer
+from specdecode.decoder.best_of_n import (
+    Speculation,
+    SpeculativeCandidateBatch,
+    best_of_n,
+    kv_bytes_per_token,
+    live_kv_bytes,
+    speculative_rejection,
+)
+from specdecode.decoder.model import ModelConfig, Transformer
 from specdecode.decoder.rewards import LogLikelihoodReward
+from specdecode.decoder.state import SamplingSettings, encode_prompts
+from specdecode.decoder.tokenizer import EOS_ID
 from specdecode.stats import chi2_sf, chi_square
 
 
@@ -216,3 +225,124 @@ def test_pruning_keeps_survivors_tokens(pair):
     plain_bon = best_of_n(target, reward, PROMPTS, 6, **common, generator=gen(4))
     assert torch.equal(budget.candidate_tokens, plain_bon.candidate_tokens)
     assert torch.equal(budget.best_candidate, plain_bon.best_candidate)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine: both caches stay true through steps, retirement and pruning; memory; counts
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_both_caches_hold_the_committed_tokens_through_compaction(pair):
+    """After every speculative step, retirement of finished rows and an arbitrary compaction, each
+    survivor's model cache holds its committed tokens' K/V below ``n - 1`` and the draft's below
+    ``n - 2`` (what fresh prefills write), and the per-row state moved with them."""
+    target, draft = pair
+    ids, lengths = encode_prompts(PROMPTS)
+    batch = SpeculativeCandidateBatch(
+        target, ids, lengths, 4, 12, SamplingSettings(1.0, eos_id=EOS_ID), seed=77, speculation=Speculation(draft, 3)
+    )
+    batch.prefill()
+    retired, ragged = 0, False
+    for step in range(5):
+        finished = batch.advance()
+        if finished.any():
+            retired += int(finished.sum())
+            batch.retire(finished)
+        if step == 2:
+            kept = torch.arange(0, batch.size, 2)
+            cand, tokens = batch.cand[kept].clone(), batch.state.tokens[kept].clone()
+            batch.compact_(kept)
+            assert torch.equal(batch.cand, cand) and torch.equal(batch.state.tokens, tokens)
+        assert_cache_holds_committed_tokens(target, batch.cache, batch.state, trail=1)
+        assert_cache_holds_committed_tokens(draft, batch.draft_cache, batch.state, trail=2)
+        ragged |= len(set(batch.state.num_new().tolist())) > 1
+    assert retired > 0 and ragged
+
+
+def test_memory_budget_counts_both_models_kv_of_the_next_step(pair):
+    """Decisions come when the next step's KV -- per live row with ``n`` tokens, ``n + K`` positions of
+    the model and ``n + K - 1`` of the draft -- would exceed the budget, computed here by hand from
+    the lengths the reward receives."""
+    target, draft = pair
+    K, n = 3, 8
+    bt, bd = kv_bytes_per_token(target), kv_bytes_per_token(draft)
+    prompt_tokens = int(encode_prompts(PROMPTS)[1].sum())
+    budget = (prompt_tokens * n + len(PROMPTS) * n * (K + 2)) * (bt + bd)
+    seen = []
+
+    def reward(tokens, lengths):
+        seen.append(lengths.clone())
+        return -lengths.float()
+
+    common = dict(memory_budget=budget, generator=gen(2), eos_id=None, draft=draft, num_draft_tokens=K)
+    out = speculative_rejection(target, reward, PROMPTS, n, 0.5, 40, **common)
+    rounds = out.stats["rounds"]
+    assert len(rounds) >= 2
+    for r, lengths in zip(rounds, seen):
+        by_hand = int((lengths + K).sum()) * bt + int((lengths + K - 1).sum()) * bd
+        assert r["live_kv_bytes"] == by_hand > budget
+    assert out.stats["peak_kv_bytes"] <= budget and out.stats["over_budget_steps"] == 0
+    assert live_kv_bytes(target, 100, 4, Speculation(draft, K)) == (100 + 4 * K) * bt + (100 + 4 * (K - 1)) * bd
+    too_small = (prompt_tokens * n + len(PROMPTS) * n * K) * bt  # the draft's KV does not fit on top
+    per_candidate = (prompt_tokens + len(PROMPTS) * K) * bt + (prompt_tokens + len(PROMPTS) * (K - 1)) * bd
+    fits = too_small // per_candidate
+    with pytest.raises(ValueError, match=f"cannot hold the initial batch.*first 3-draft step.*n <= {fits} fits"):
+        speculative_rejection(target, reward, PROMPTS, n, 0.5, 40, **{**common, "memory_budget": too_small})
+
+
+def test_stats_count_what_ran(pair):
+    target, draft = pair
+    calls = {"target": [], "draft": []}
+    for name, model in (("target", target), ("draft", draft)):
+        model.register_forward_hook(lambda module, args, output, name=name: calls[name].append(tuple(args[0].shape)))
+    try:
+        K, n = 3, 4
+        out = speculative_rejection(
+            target,
+            LogLikelihoodReward(target),
+            PROMPTS,
+            n,
+            0.5,
+            12,
+            decision_tokens=[4],
+            generator=gen(6),
+            draft=draft,
+            num_draft_tokens=K,
+        )
+    finally:
+        target._forward_hooks.clear()
+        draft._forward_hooks.clear()
+    s, prompt_tokens = out.stats, encode_prompts(PROMPTS)[0].numel()
+    assert calls["target"][0] == calls["draft"][0] == (len(PROMPTS), encode_prompts(PROMPTS)[0].shape[1])
+    assert len(calls["target"]) == s["forwards"] == s["steps"] + 1 and len(calls["draft"]) == s["draft_forwards"]
+    assert all(T == K + 1 for _, T in calls["target"][1:])
+    assert sum(B * T for B, T in calls["target"]) == s["model_tokens"]
+    assert sum(B * T for B, T in calls["draft"]) == s["draft_model_tokens"]
+    row_steps = (s["model_tokens"] - prompt_tokens) // (K + 1)
+    assert sum(s["accepted_hist"]) + s["waiting_row_steps"] == row_steps
+    assert s["tokens_generated"] == int(out.candidate_num_tokens.sum())
+    emitted = sum((a + 1) * c for a, c in enumerate(s["accepted_hist"]))
+    assert emitted == s["tokens_generated"] + s["discarded_tokens"]
+    assert s["mean_accepted_length"] == emitted / sum(s["accepted_hist"])
+
+
+def test_bad_draft_arguments_raise_clear_errors(pair):
+    target, draft = pair
+    reward = LogLikelihoodReward(target)
+    other_vocab = Transformer(ModelConfig(vocab_size=300, n_layers=1, dim=32, n_heads=4, n_kv_heads=2))
+    short = Transformer(ModelConfig(n_layers=1, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=50))
+    cases = [
+        (dict(draft=object()), TypeError, "draft must be a specdecode.decoder.model.Transformer"),
+        (dict(num_draft_tokens=0), ValueError, "num_draft_tokens must be >= 1"),
+        (dict(num_draft_tokens=2.0), TypeError, "num_draft_tokens must be an int"),
+        (dict(draft=other_vocab), ValueError, "draft and model vocabularies differ: 300 vs 259"),
+        (dict(draft=short), ValueError, "exceeds the draft's max_seq_len 50"),
+        (dict(max_new_tokens=55), ValueError, "\\+ num_draft_tokens - 1 \\(3\\) exceeds the model's max_seq_len 96"),
+    ]
+    for kwargs, error, message in cases:
+        args = {**dict(draft=draft, num_draft_tokens=4, max_new_tokens=8), **kwargs}
+        with pytest.raises(error, match=message):
+            speculative_rejection(target, reward, PROMPTS, 2, 0.5, decision_tokens=[2], **args)
+        with pytest.raises(error, match=message):
+            best_of_n(target, reward, PROMPTS, 2, **args)

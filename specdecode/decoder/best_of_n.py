@@ -9,7 +9,8 @@ one dense batch over one static KV cache (``specdecode.decoder.model``), grouped
 candidate order. Per prompt::
 
     prefill the prompt ONCE (one forward over the P prompts) and copy its KV to its n rows
-    loop:  sample one token for every live row            (plain decoding, temperature T)
+    loop:  sample one token for every live row            (plain decoding, temperature T;
+               with a draft: one speculative step, see "Speculative decoding inside")
            rows that emitted EOS or reached max_new_tokens are *finished*: archived (tokens,
                length, running log-likelihood) and retired -- compacted out of the batch
            at a decision point (Speculative Rejection only): score the unfinished rows with the
@@ -59,6 +60,40 @@ unfinished live rows keeps ``max(1, ceil((1 - alpha) * m_g))`` of them (exact de
 ``alpha = 1`` keeps one per prompt. Finished rows are not in the pool: they cost no compute, take
 no keep slot, and stay eligible for the final argmax (the authors' released implementation ranks
 them together with the unfinished ones; here keeping them is free).
+
+**Speculative decoding inside** (``draft=``, ``num_draft_tokens=K``; ``SpeculativeCandidateBatch``).
+Every live candidate decodes speculatively: per step the draft proposes K tokens for all live
+rows (``generate.propose``), the model verifies them in one forward of ``K+1`` tokens per row, and
+``rejection_sample`` accepts a prefix per row; a row commits its accepted drafts and the emitted
+token, cut after EOS, at ``max_new_tokens`` and at the next decision point -- rows advance by
+different amounts. Prefill, retirement, scoring, ``topk_prune`` and the final choice are the
+plain engine's; compaction moves *both* models' caches (the draft's trails by two tokens) with
+every per-row tensor in the same ``compact_kv_cache_`` call.
+
+- *Randomness, per candidate.* Draft draw ``i`` of candidate ``(g, j)`` in a step that starts
+  after ``t`` new tokens is an inverse-CDF draw with the uniform of Philox on ``(t, j, g, 1 + i)``
+  (``draft_uniforms``); verification uses ``rejection_sample``'s own stream with the per-row seed
+  ``verification_seeds(seed, g, j)`` (Philox on ``(0, j, g, 2^32 - 1)``) and ``offset = t``. ``t``
+  grows with every commit, so no number is used twice. A candidate's tokens therefore depend on
+  ``seed``, ``(g, j)`` and where its steps start (its own acceptances and the decision points),
+  never on the other rows, ``n`` or pruning (tested). They are not the plain run's tokens (other
+  random numbers) but have the same distribution: rejection sampling is lossless, and cutting a
+  commit at EOS, a fixed count or a decision point keeps a prefix of a target-distributed
+  sequence whose continuation the next step draws afresh (chi-square and two-sample tests).
+- *Decision tokens.* A row that reaches ``tau`` *waits*: it stays in the batch, is verified,
+  commits nothing and redraws the same numbers next step, until every live row has exactly
+  ``tau`` tokens; then the rows are scored and pruned, as in the plain run. So greedy decoding is
+  token-identical to the plain run (same candidates, rounds and answer; tested) -- up to the
+  float rounding noted above, as ``speculative_generate``. The price: waiting rows'
+  verify positions (``stats["waiting_row_steps"]``) and emitted tokens cut at ``tau``
+  (``stats["discarded_tokens"]``).
+- *Memory budget.* Rows hold different lengths; the live KV of the next step is counted per row
+  from its actual length ``n``: ``n + K`` positions in the model's cache (the verify writes up to
+  ``n + K - 1``) and ``n + K - 1`` in the draft's, each at its model's ``kv_bytes_per_token``
+  (``live_kv_bytes``). A decision when that would exceed the budget; rows never wait.
+- *Cost* (``stats``): ``forwards``/``model_tokens`` are the model's (prefill + ``K + 1`` tokens per
+  live row per step), ``draft_forwards``/``draft_model_tokens`` the draft's, ``steps``,
+  ``accepted_hist``, ``mean_accepted_length``, ``acceptance_rate``.
 
 **Ties and NaN** (pruning and the final choice): the higher reward wins; equal rewards go to the
 lower candidate index; NaN ranks below every number (``topk_prune``'s order). Rewards are
