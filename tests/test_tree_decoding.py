@@ -21,7 +21,7 @@ from stats import assert_fits
 from test_generate import PROMPTS, assert_cache_holds_committed_tokens, exact_first_two, tiny_pair
 
 from specdecode.decoder.generate import (
-    _tree_rejection_sample,
+    accept_tree_path,
     commit_verified_,
     generate,
     prefill,
@@ -309,8 +309,8 @@ def test_verifying_with_the_wrong_drawing_rule_fails():
     state = start_state(target, draft, torch.tensor([prompt]).expand(num_rows, -1), spec)
     tree = propose_tree(draft, state.caches[1], state, spec, sampling)
     target_probs = verify_tree(target, state.caches[0], state, tree, sampling)
-    right, _, _ = _tree_rejection_sample(tree, target_probs, sampling)
-    wrong, _, _ = _tree_rejection_sample(dataclasses.replace(tree, draws="without_replacement"), target_probs, sampling)
+    right, _, _ = accept_tree_path(tree, target_probs, sampling)
+    wrong, _, _ = accept_tree_path(dataclasses.replace(tree, draws="without_replacement"), target_probs, sampling)
     assert_fits(torch.bincount(right[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "iid rule")
     with pytest.raises(AssertionError):
         assert_fits(torch.bincount(wrong[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "wrong rule")

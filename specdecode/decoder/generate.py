@@ -34,7 +34,7 @@ Tree step (``speculative_generate(..., tree=TreeSpec...)``, ``specdecode.decoder
 2. ``verify_tree``: the target reads ``[token n-1, node_0..node_{T-1}]`` in one forward with tree
    attention: node ``i`` is written at position ``n + i``, rotated as position ``n - 1 + depth``,
    and attends to the committed prefix and its ancestors: ``T+1`` distributions.
-3. ``tree_rejection_sample`` accepts a path of ``a <= D`` nodes and emits one more token;
+3. ``accept_tree_path`` (``tree_rejection_sample``) accepts a path of ``a <= D`` nodes and emits one more token;
    ``keep_accepted_path_`` moves the path's K/V to positions ``n .. n+a-1`` (the rest of the tree
    lies beyond the cache length, masked, overwritten later); ``commit_verified_`` commits ``a+1``.
 """
@@ -54,6 +54,7 @@ from specdecode.decoder.state import DecodeState, Prompts, SamplingSettings, che
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
 from specdecode.decoder.tree import DraftTree, TreeSpec, propose_tree
 from specdecode.ops.rejection_sample import rejection_sample
+from specdecode.ops.tree_rejection_sample import TreeRejectionOutput, tree_rejection_sample
 
 __all__ = [
     "GenerationOutput",
@@ -318,7 +319,7 @@ def tree_step(
     target_cache, draft_cache = state.caches
     tree = propose_tree(draft, draft_cache, state, spec, sampling)
     target_probs = verify_tree(target, target_cache, state, tree, sampling)
-    token_ids, accepted_nodes, num_accepted = _tree_rejection_sample(tree, target_probs, sampling)
+    token_ids, accepted_nodes, num_accepted = accept_tree_path(tree, target_probs, sampling)
     keep_accepted_path_(target_cache, state, accepted_nodes[:, : spec.max_depth])
     return RejectionOutput(token_ids[:, : spec.max_depth + 1], num_accepted)
 
@@ -346,25 +347,18 @@ def keep_accepted_path_(cache: KVCache, state: DecodeState, accepted_nodes: Tens
     cache.move_positions_(src, dst)
 
 
-def _tree_rejection_sample(
-    tree: DraftTree, target_probs: Tensor, sampling: SamplingSettings
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``torch.ops.specdecode.tree_rejection_sample`` on one step's tree: ``(token_ids [B, T+1],
-    accepted_nodes [B, T], num_accepted [B])``; one seed per call from the sampling generator."""
-    B = tree.tokens.shape[0]
-    device = target_probs.device
-    greedy = torch.full((B,), sampling.greedy, dtype=torch.bool, device=device)
-    seed = torch.randint(2**62, (1,), generator=sampling.generator, dtype=torch.int64).to(device)
-    offset = torch.zeros(1, dtype=torch.int64, device=device)
-    return torch.ops.specdecode.tree_rejection_sample(
+def accept_tree_path(tree: DraftTree, target_probs: Tensor, sampling: SamplingSettings) -> TreeRejectionOutput:
+    """``specdecode.tree_rejection_sample`` on one step's trees, with the drawing rule the drafter
+    used (``DraftTree.draft_probs``/``draws``, see ``specdecode.decoder.tree``): ``token_ids
+    [B, T+1]``, ``accepted_nodes [B, T]``, ``num_accepted [B]``."""
+    return tree_rejection_sample(
         tree.tokens,
         tree.parents,
         tree.draft_probs,
         target_probs,
-        greedy,
-        seed,
-        offset,
-        tree.draws == "without_replacement",
+        draws=tree.draws,
+        greedy=sampling.greedy,
+        generator=sampling.generator,
     )
 
 
