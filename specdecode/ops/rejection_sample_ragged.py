@@ -294,7 +294,8 @@ def _ragged_drafts(
     else:
         cumulative = _index_values("cu_num_draft_tokens", cu_num_draft_tokens, device)
         counts = None
-    if cumulative.device.type == "cpu":  # host values: checking them costs nothing
+    # Host values: checking them costs nothing (under torch.compile they are graph inputs, unread).
+    if cumulative.device.type == "cpu" and not torch.compiler.is_compiling():
         ends = cumulative.tolist()
         starts = [0, *ends[:-1]]
         lengths = [end - start for start, end in zip(starts, ends)]
@@ -305,7 +306,7 @@ def _ragged_drafts(
     elif max_num_draft_tokens is None:
         raise ValueError(
             f"max_num_draft_tokens is required when the draft counts are on {cumulative.device} "
-            "(reading them would sync the host)"
+            "(reading them would sync the host) or under torch.compile"
         )
     return RaggedDrafts(draft_token_ids.contiguous(), cumulative.to(device).contiguous(), max_num_draft_tokens)
 
@@ -368,7 +369,7 @@ def _bonus_ids(bonus_token_ids, batch_size: int, vocab_size: int, device) -> tor
     if bonus.shape[0] != batch_size:
         raise ValueError(f"bonus_token_ids must be [B] = [{batch_size}]; got {list(bonus.shape)}")
     bonus = _on_device("bonus_token_ids", bonus, device).contiguous()
-    if bonus.device.type == "cpu":
+    if bonus.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_bonus_values(bonus, vocab_size)
     return bonus
 
