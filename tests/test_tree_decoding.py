@@ -210,6 +210,18 @@ def test_greedy_tree_decoding_equals_greedy(close_pair, spec, batch):
     assert hist[0] > 0 and hist[2:].sum() > 0  # rejections at the root, and paths of 2+ accepted
 
 
+def test_draft_equal_to_target_accepts_the_whole_depth(close_pair):
+    """With the target as its own draft, its top-1 child is always accepted: every step accepts a
+    full path of the static tree's depth, plus one token (20 = 5 steps of 4)."""
+    target, _ = close_pair
+    spec = TreeSpec.static((2, 1, 1))
+    tree = speculative_generate(target, target, PROMPTS, 20, eos_id=None, tree=spec)
+    assert tree.stats["accepted_hist"] == [0, 0, 0, 4 * 5]
+    assert tree.stats["mean_accepted_length"] == 4.0 and tree.stats["steps"] == 5
+    assert tree.stats["draft_forwards"] == 5 * 3 + 1 and tree.stats["verified_tokens_per_step"] == 7
+    assert torch.equal(tree.tokens, generate(target, PROMPTS, 20, eos_id=None).tokens)
+
+
 def test_tree_decoding_stops_at_eos(close_pair):
     target, draft = close_pair
     plain = generate(target, PROMPTS, 20, eos_id=None)
