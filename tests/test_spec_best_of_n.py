@@ -346,3 +346,64 @@ def test_bad_draft_arguments_raise_clear_errors(pair):
             speculative_rejection(target, reward, PROMPTS, 2, 0.5, decision_tokens=[2], **args)
         with pytest.raises(error, match=message):
             best_of_n(target, reward, PROMPTS, 2, **args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long statistical runs (make test-slow) and the shipped pair
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("K", [1, 2, 5])
+def test_candidates_first_two_tokens_follow_the_target_large(K, seed):
+    """20,000 candidates, vocabulary 16, temperature 1.3; chi-square at ``FALSE_ALARM_RATE`` per token."""
+    vocab, n, temperature = 16, 20000, 1.3
+    target, draft = tiny_pair(vocab_size=vocab, noise=0.6, seed=seed, dtype=torch.float32)
+    prompt = [1, 2, 3]
+    first, second = exact_first_two(target, prompt, temperature)
+    out = best_of_n(
+        target,
+        lambda tokens, lengths: torch.zeros(tokens.shape[0]),
+        [prompt],
+        n,
+        2,
+        temperature=temperature,
+        generator=gen(seed),
+        eos_id=None,
+        draft=draft,
+        num_draft_tokens=K,
+    )
+    first_counts, second_counts = first_two_counts(out, vocab)
+    assert_fits(first_counts, first, FALSE_ALARM_RATE, "first token")
+    assert_fits(second_counts, second, FALSE_ALARM_RATE, "second token")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_selected_rewards_are_distributed_as_without_speculation_many_runs(seed):
+    """1,500 independent runs per side (prompt copies); the two-sample KS test at ``FALSE_ALARM_RATE``,
+    with the power check at temperature 1.1 instead of 1."""
+    target, draft = tiny_pair(vocab_size=16, noise=0.6, seed=seed, dtype=torch.float32)
+    spec = selected_rewards(target, draft, seed, 1500)
+    plain = selected_rewards(target, None, seed + 1000, 1500)
+    assert ks_two_sample_p_value(spec, plain) >= FALSE_ALARM_RATE
+    hotter = selected_rewards(target, None, seed + 2000, 1500, temperature=1.1)
+    assert ks_two_sample_p_value(spec, hotter) < FALSE_ALARM_RATE
+
+
+@pytest.mark.slow
+def test_shipped_pair_greedy_is_token_identical():
+    """The shipped pair (``load_pretrained``, float32 here), 3 prompts x 4 candidates, pruning at 8
+    and 16 tokens: the same candidates and answers with the draft as without."""
+    import specdecode as sd
+
+    target, draft = sd.load_pretrained(dtype=torch.float32)
+    reward = LogLikelihoodReward(target)
+    prompts = ["def main():\n", "import numpy as np\n", "class Stack:\n"]
+    common = dict(temperature=0, max_new_tokens=32, decision_tokens=[8, 16])
+    plain = speculative_rejection(target, reward, prompts, 4, 0.5, **common)
+    spec = speculative_rejection(target, reward, prompts, 4, 0.5, **common, draft=draft, num_draft_tokens=4)
+    assert torch.equal(spec.candidate_tokens, plain.candidate_tokens)
+    assert spec.texts() == plain.texts()
+    assert spec.stats["forwards"] < plain.stats["forwards"]

@@ -90,7 +90,11 @@ every per-row tensor in the same ``compact_kv_cache_`` call.
 - *Memory budget.* Rows hold different lengths; the live KV of the next step is counted per row
   from its actual length ``n``: ``n + K`` positions in the model's cache (the verify writes up to
   ``n + K - 1``) and ``n + K - 1`` in the draft's, each at its model's ``kv_bytes_per_token``
-  (``live_kv_bytes``). A decision when that would exceed the budget; rows never wait.
+  (``live_kv_bytes``). A decision when that would exceed the budget; rows never wait. So
+  decisions come at other lengths than in the plain run (rows differ in length, and the draft's
+  KV and the K verify positions count): the candidates are distributed as in the plain run, the
+  selection is not the same procedure. With ``decision_tokens`` it is, and the selected
+  response has the plain run's distribution (tested).
 - *Cost* (``stats``): ``forwards``/``model_tokens`` are the model's (prefill + ``K + 1`` tokens per
   live row per step), ``draft_forwards``/``draft_model_tokens`` the draft's, ``steps``,
   ``accepted_hist``, ``mean_accepted_length``, ``acceptance_rate``.
