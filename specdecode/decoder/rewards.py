@@ -21,11 +21,23 @@ Built in:
   it is a **stand-in** for a real reward model (its scores mean nothing); it shows the shapes,
   the cost of a separate scoring network, and the plumbing. ``RewardModel.from_language_model``
   starts its trunk from a language model's weights, as real reward models are fine-tuned from one.
+- ``load_reward_model()``: the **trained** code reward model that ships in
+  ``specdecode/decoder/weights/reward.pt`` (a 2-layer ``RewardModel`` of ~0.12M parameters, its own
+  byte-level network). Its score is the logit of "this response, once finished, will be
+  well-formed" (``well_formed`` below: it closes what it opens and stays indented consistently),
+  trained by ``python -m specdecode.decoder.train_reward`` on the shipped models' own completions,
+  labelled by ``well_formed``. It is trained at every prefix of a response with the label of the
+  finished response, so on a partial response it scores how likely the finished one is to be
+  well-formed -- what Speculative Rejection needs of a partial reward. Training data, recipe and
+  held-out accuracy: ``specdecode/decoder/train_reward.py`` and ``weights/reward_train_log.txt``.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
+import os
+import tokenize
 from collections.abc import Callable
 
 import torch
@@ -35,7 +47,22 @@ from specdecode.decoder.model import Block, ModelConfig, RMSNorm, Transformer, r
 
 Reward = Callable[..., Tensor]
 
-__all__ = ["Reward", "LogLikelihoodReward", "RewardModel", "score", "takes_prompt_lengths"]
+__all__ = [
+    "Reward",
+    "LogLikelihoodReward",
+    "RewardModel",
+    "score",
+    "takes_prompt_lengths",
+    "well_formed",
+    "load_reward_model",
+    "REWARD_MODEL_CONFIG",
+    "REWARD_WEIGHTS",
+]
+
+REWARD_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "reward.pt")
+# The shipped code reward model: 2 layers of dim 64 (~0.12M parameters, 0.5 MB in float32).
+REWARD_MODEL_CONFIG = ModelConfig(n_layers=2, dim=64, n_heads=4, n_kv_heads=2, max_seq_len=512)
+_CLOSER_OF = {")": "(", "]": "[", "}": "{"}
 
 
 def takes_prompt_lengths(reward: Reward) -> bool:
@@ -93,6 +120,44 @@ def response_token_logprobs(
     next_pos = torch.arange(1, tokens.shape[1], device=tokens.device)[None, :]
     mask = (next_pos >= prompt_lengths[:, None]) & (next_pos < lengths[:, None])
     return logprobs, mask
+
+
+def well_formed(text: str) -> tuple[bool, str]:
+    """Whether Python source ``text`` (a prompt and its response) is well-formed **as far as it
+    goes**, and why not: cut after its last complete line (a response stopped by
+    ``max_new_tokens`` usually ends mid-line), Python's own ``tokenize`` reads it with
+
+    - no error token (an unterminated one-line string, a stray character such as ``$`` or ``?``,
+      an invalid UTF-8 byte decoded as U+FFFD),
+    - no dedent to a column that no enclosing block used (``IndentationError``),
+    - every closing bracket matching the last open one.
+
+    Brackets, strings and blocks still open at the cut are fine (more would follow). A text whose
+    first line is indented by ``w`` columns was cut from inside blocks it does not show: it is
+    read as nested in blocks at columns 0, 4, ... below ``w`` (PEP 8's 4 spaces). Returns
+    ``(ok, reason)``, reason one of ``"ok"``, ``"open at end"``, ``"error token"``, ``"indent"``,
+    ``"bracket"``. Once a response is not well-formed, no continuation makes it so."""
+    cut = text[: text.rfind("\n") + 1]
+    first_indent = len(text) - len(text.lstrip(" "))
+    cut = "".join(" " * column + "if 1:\n" for column in range(0, first_indent, 4)) + cut if cut else cut
+    open_brackets: list[str] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(cut).readline):
+            if token.type == tokenize.ERRORTOKEN and not token.string.isspace():
+                return False, "error token"
+            if token.type != tokenize.OP:
+                continue
+            if token.string in "([{":
+                open_brackets.append(token.string)
+            elif token.string in _CLOSER_OF and (not open_brackets or open_brackets.pop() != _CLOSER_OF[token.string]):
+                return False, "bracket"
+    except IndentationError:
+        return False, "indent"
+    except tokenize.TokenError:  # EOF inside a bracket or a triple-quoted string: open at the cut
+        return True, "open at end"
+    except SyntaxError:
+        return False, "error token"
+    return True, "ok"
 
 
 class LogLikelihoodReward:
@@ -175,8 +240,9 @@ class RewardModel(nn.Module):
         assert set(missing) <= {"head.weight", "head.bias"}, missing
         return rm.to(device=model.output.weight.device, dtype=model.dtype)
 
-    @torch.no_grad()
-    def forward(self, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor | None = None) -> Tensor:
+    def features(self, tokens: Tensor) -> Tensor:
+        """``[B, T, dim]``: the normed trunk output at every position of ``tokens [B, T]`` (causal:
+        position ``t`` sees tokens ``0..t``). Differentiable (training reads every position)."""
         B, T = tokens.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"rows of {T} tokens exceed the reward model's max_seq_len {self.config.max_seq_len}")
@@ -187,5 +253,27 @@ class RewardModel(nn.Module):
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
             x = layer(x, cos, sin, None, pos, None, None)  # mask None: causal, SDPA's fast path
-        last = self.norm(x[torch.arange(B, device=tokens.device), (lengths - 1).clamp_min(0)])
+        return self.norm(x)
+
+    def position_scores(self, tokens: Tensor) -> Tensor:
+        """``[B, T]`` float: the score of every prefix ``tokens[:, : t + 1]`` (one forward)."""
+        return self.head(self.features(tokens))[..., 0].float()
+
+    @torch.no_grad()
+    def forward(self, tokens: Tensor, lengths: Tensor, prompt_lengths: Tensor | None = None) -> Tensor:
+        features = self.features(tokens)
+        last = features[torch.arange(tokens.shape[0], device=tokens.device), (lengths - 1).clamp_min(0)]
         return self.head(last)[:, 0].float()
+
+
+def load_reward_model(path: str = REWARD_WEIGHTS, device: torch.device | str | None = None) -> RewardModel:
+    """The trained code reward model (module docstring): ``forward(tokens, lengths) -> [B]`` logits
+    of "the finished response is ``well_formed``". ``training_info`` holds its recipe and held-out
+    accuracy. Raises ``FileNotFoundError`` (saying how to train it) if ``path`` does not exist."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no reward model at {path}: train it with python -m specdecode.decoder.train_reward")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = RewardModel(ModelConfig(**saved["config"]), seed=None)
+    model.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
+    model.training_info = saved.get("meta", {})
+    return model.to(device).eval()
