@@ -250,28 +250,57 @@ def test_e2e_section_from_rows_alone():
 
 @needs_weights
 def test_best_of_n_rows_json_and_section(tmp_path):
-    setting = bon.PartialVsFinal(num_prompts=2, n=4, length=12, taus=(3, 6), shown_tau=6)
-    rows = bon.run([2, 4], [0.5], PROMPTS[:2], max_new_tokens=6, correlation=setting, out_dir=str(tmp_path), log=print)
+    setting = bon.PartialVsFinal(num_prompts=2, n=4, length=12, taus=(3, 6), shown_tau=6, policy="draft")
+    sweep = bon.Sweep("draft", "loglik", ns=(2, 4), spr_ns=(4,), alphas=(0.5,))
+    rows = bon.run(
+        [sweep], PROMPTS[:2], max_new_tokens=6, correlations=[setting], step_rows=(1, 2), out_dir=str(tmp_path)
+    )
     assert saved(bon, tmp_path) == rows
     setup, *runs = [r for r in rows if r["kind"] in ("setup", "run")]
-    assert (setup["prompts"], setup["max_new_tokens"], setup["reward"]) == (2, 6, "loglik")
-    assert [(r["method"], r["N"]) for r in runs] == [
-        ("Best-of-N", 2),
-        ("SpecRej a=0.5", 2),
-        ("Best-of-N", 4),
-        ("SpecRej a=0.5", 4),
-    ]
-    for best, pruned in (runs[:2], runs[2:]):
-        assert 0 < pruned["tokens"] <= best["tokens"] <= 2 * best["N"] * 6  # pruning only removes tokens
-        assert pruned["rounds"] >= 1 and best["rounds"] == 0
-        assert best["ppl"] >= math.exp(-best["reward"]) - 1e-9  # mean exp(-r) >= exp(-mean r)
+    assert (setup["prompts"], setup["max_new_tokens"]) == (2, 6)
+    assert [(r["method"], r["N"]) for r in runs] == [("Best-of-N", 2), ("Best-of-N", 4), ("SpecRej a=0.5", 4)]
+    best, pruned = runs[1:]
+    assert 0 < pruned["tokens"] <= best["tokens"] <= 2 * best["N"] * 6  # pruning only removes tokens
+    assert pruned["rounds"] >= 1 and best["rounds"] == 0 and pruned["bon_fits"] < pruned["N"]
+    assert all(0 <= r["well_formed"] <= 1 and r["flops"] > 0 and r["h100_8b_seconds"] > 0 for r in runs)
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [r["rows"] for r in steps] == [1, 2] and all(r["cpu_ms"] > 0 for r in steps)
     correlated = [r for r in rows if r["kind"] == "partial_vs_final"]
     assert [r["tau"] for r in correlated] == [3, 6] and [r["shown"] for r in correlated] == [False, True]
     assert all(len(r["partial"]) == len(r["final"]) == len(r["group"]) <= 8 for r in correlated)
     section = bon.section(rows)
-    main_table, *speedups, correlation_table = tables(section)
-    assert main_table[0] == bon.TABLE_HEADER and len(main_table[1]) == 4 and len(speedups) == 2
-    assert [line[0] for line in correlation_table[1]] == [3, 6]
+    main_table, *speedups, step_table, correlation_table = tables(section)
+    assert main_table[0] == bon.TABLE_HEADER and len(main_table[1]) == 3 and len(speedups) == 4
+    assert [line[0] for line in step_table[1]] == [1, 2]
+    assert [line[2] for line in correlation_table[1]] == [3, 6]
+    texts = [content[0] for kind, *content in section.items if kind == "text"]
+    assert texts[-1].startswith("speedup at equal reward: tokens n/a")  # no trained-reward sweep here
+
+
+def test_step_model_is_a_roofline():
+    model = bon.StepModel("m", params=1e9, n_layers=1, dim=1, kv_bytes_per_token=0, bandwidth=1e12, peak_flops=1e15)
+    assert math.isclose(model.seconds(1, 0), 2e9 / 1e12)  # streams the bf16 weights: 2 ms
+    assert math.isclose(model.seconds(1000, 0), 2e9 / 1e12)  # 2 TFLOP at 1 PFLOP/s: still 2 ms
+    assert math.isclose(model.seconds(4000, 0), 8e12 / 1e15)  # compute-bound from 1000 rows on
+
+
+def test_best_of_n_headline_picks_the_largest_token_saving_at_large_n():
+    def row(method, n, alpha, reward, tokens, seconds):
+        return {"kind": "run", "policy": "draft", "reward_kind": "trained", "method": method, "N": n,
+                "alpha": alpha, "reward": reward, "tokens": tokens, "seconds": seconds}  # fmt: skip
+
+    rows = [
+        {"kind": "setup", "prompts": 1, "max_new_tokens": 256},
+        row("Best-of-N", 16, None, 1.0, 100, 10.0),
+        row("Best-of-N", 256, None, 2.0, 1600, 160.0),
+        row("SpecRej a=0.9", 16, 0.9, 1.9, 20, 2.0),  # N < 256: not a candidate
+        row("SpecRej a=0.5", 256, 0.5, 1.5, 200, 40.0),  # BoN needs 400 tokens, 40 s
+        row("SpecRej a=0.9", 256, 0.9, 3.0, 50, 5.0),  # above the curve: a bound, not a point
+    ]
+    assert bon.headline_line(rows) == (
+        "speedup at equal reward: tokens 2.00x, time 1.00x "
+        "(trained reward, draft policy, N = 256, SpecRej a=0.5, up to 256 new tokens, wall time on this CPU)"
+    )
 
 
 def test_best_of_n_cost_interpolates_in_log_compute():
@@ -312,7 +341,7 @@ def test_best_of_n_tables_from_rows_alone():
     ]
     main = bon.table_rows(rows)
     assert [line[-1] for line in main] == ["", "", "200 (4.00x)", "above BoN-16", "below BoN-4"]
-    assert main[2][3] == "-" and main[2][7] == "1 (8)"
+    assert main[2][3] == "-" and main[2][8] == "1 (8)"  # no well-formed fraction in these rows
     speedups = {(line[0], line[1]): line[3:] for line in bon.speedup_at_equal_reward(rows, "tokens")}
     assert speedups[("SpecRej a=0.5", "50")] == ["200", "4.00x"]
     assert speedups[("SpecRej a=0.5", "10")] == ["> 400", "> 40.00x"]
@@ -327,6 +356,8 @@ def test_pearson_and_within_prompt_correlations():
     # Within each prompt perfectly correlated, offset between prompts: within 1, pooled lower.
     within, pooled = bon.correlations([[1, 2, 3], [10, 11, 12]], [[1, 2, 3], [0, 1, 2]])
     assert math.isclose(within, 1.0) and pooled < 0.9
+    # Prompt 0's best final (index 2) is its top partial; prompt 1's (index 0) ranks last.
+    assert bon.top_kept_recall([[1, 2, 3], [1, 2, 3]], [[0, 0, 5], [5, 0, 0]], keep=0.1) == 0.5
 
 
 # ----------------------------------------------------------------------------- rows, report, runner
