@@ -290,8 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one by default")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 4 (1 with --quick)")
     args = parser.parse_args(argv)
-    rows = run(**settings(args.quick), temperature=args.temperature, threads=args.threads)
+    kwargs = settings(args.quick) | ({"batch_sizes": args.batch_sizes} if args.batch_sizes else {})
+    rows = run(**kwargs, temperature=args.temperature, threads=args.threads)
     print(section(rows).terminal())
 
 

@@ -326,3 +326,41 @@ def test_verifying_with_the_wrong_drawing_rule_fails():
     assert_fits(torch.bincount(right[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "iid rule")
     with pytest.raises(AssertionError):
         assert_fits(torch.bincount(wrong[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "wrong rule")
+
+
+# ---- the benchmark's untimed parts ----------------------------------------------------------------
+
+
+def test_benchmark_rows_and_section(tmp_path):
+    """``bench/bench_tree_decoding.py`` at tiny sizes: the rows it saves and the tables and goal
+    lines it renders from them (no assertion on a timing)."""
+    from bench import bench_tree_decoding as bench
+    from bench.prompts import weights_available
+
+    if not weights_available():
+        pytest.skip("no shipped weights in this checkout")
+    rows = bench.run(
+        batch_sizes=[1],
+        ks=[2],
+        static_branchings=[(2, 1)],
+        dynamic_budgets=[2],
+        max_new_tokens=6,
+        repeats=1,
+        node_counts=[1, 3],
+        forward_reps=1,
+        out_dir=str(tmp_path),
+        log=lambda *a, **k: None,
+    )
+    assert (tmp_path / "tree_decoding.json").exists()
+    decoded = [r for r in rows if r["kind"] == "decode"]
+    assert [(r["label"], r["verified"]) for r in decoded] == [
+        ("plain", 1),
+        ("chain K=2", 3),
+        ("static(2,1)", 5),
+        ("dynamic(budget=2, top_k=4, depth=8)", 3),
+    ]
+    assert all(r["same_text"] == r["rows_compared"] == 1 for r in decoded[1:])  # greedy: plain's text
+    assert all(1 <= r["mean_accepted_length"] <= 9 for r in decoded)
+    assert [(r["batch"], r["tokens"]) for r in rows if r["kind"] == "verify"] == [(1, 1), (1, 3)]
+    text = bench.section(rows).terminal()
+    assert "dynamic(budget=2, top_k=4, depth=8)" in text and "3 verified tokens per step" in text

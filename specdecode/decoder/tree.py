@@ -60,7 +60,6 @@ from specdecode.decoder.model import KVCache, Transformer, TreeAttention
 from specdecode.decoder.state import DecodeState, SamplingSettings
 
 CHILDREN_RULES = ("top_k", "without_replacement", "iid")
-ROOT = -1  # parents[b, i] == ROOT: node i is a child of the root
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class TreeSpec:
         if self.children not in CHILDREN_RULES:
             raise ValueError(f"tree: children must be one of {CHILDREN_RULES}, got {self.children!r}")
         if bool(self.branching) == bool(self.node_budget):
-            raise ValueError("tree: give branching (a static tree) or node_budget (a dynamic tree), not both")
+            raise ValueError("tree: give exactly one of branching (a static tree) and node_budget (a dynamic tree)")
         if self.branching:
             if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.branching):
                 raise ValueError(f"tree: branching must be positive ints, got {self.branching!r}")
@@ -129,8 +128,8 @@ class TreeSpec:
 
     @property
     def candidate_nodes(self) -> int:
-        """Layout nodes (root included) the draft writes after the root: a dynamic tree generates
-        ``1 + top_k + (depth - 1) top_k^2`` and verifies ``node_budget`` of them."""
+        """Nodes generated per step, the root included: a dynamic tree generates
+        ``1 + top_k + (depth - 1) top_k^2`` candidates and verifies ``node_budget`` of them."""
         if self.is_dynamic:
             return 1 + self.top_k + (self.depth - 1) * self.top_k**2
         return self.num_nodes + 1
