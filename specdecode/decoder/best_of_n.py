@@ -62,13 +62,14 @@ no keep slot, and stay eligible for the final argmax (the authors' released impl
 them together with the unfinished ones; here keeping them is free).
 
 **Speculative decoding inside** (``draft=``, ``num_draft_tokens=K``; ``SpeculativeCandidateBatch``).
-Every live candidate decodes speculatively: per step the draft proposes K tokens for all live
-rows (``generate.propose``), the model verifies them in one forward of ``K+1`` tokens per row, and
+Every live candidate decodes speculatively: per step the draft proposes K tokens for all live rows
+(``generate.propose``), the model verifies them in one forward of ``K+1`` tokens per row, and
 ``rejection_sample`` accepts a prefix per row; a row commits its accepted drafts and the emitted
-token, cut after EOS, at ``max_new_tokens`` and at the next decision point -- rows advance by
-different amounts. Prefill, retirement, scoring, ``topk_prune`` and the final choice are the
-plain engine's; compaction moves *both* models' caches (the draft's trails by two tokens) with
-every per-row tensor in the same ``compact_kv_cache_`` call.
+token (cut after EOS) -- rows advance by different amounts. A row's *cap* is the next decision point
+or ``max_new_tokens``: with room for ``r`` tokens before it, the row offers only ``min(K, r - 1)``
+drafts (the rest are ``-1``, so it emits at most ``r``). Prefill, retirement, scoring,
+``topk_prune`` and the final choice are the plain engine's; compaction moves *both* models' caches
+(the draft's trails by two tokens) with every per-row tensor in the same ``compact_kv_cache_`` call.
 
 - *Randomness, per candidate.* Draft draw ``i`` of candidate ``(g, j)`` in a step that starts
   after ``t`` new tokens is an inverse-CDF draw with the uniform of Philox on ``(t, j, g, 1 + i)``
@@ -77,16 +78,15 @@ every per-row tensor in the same ``compact_kv_cache_`` call.
   grows with every commit, so no number is used twice. A candidate's tokens therefore depend on
   ``seed``, ``(g, j)`` and where its steps start (its own acceptances and the decision points),
   never on the other rows, ``n`` or pruning (tested). They are not the plain run's tokens (other
-  random numbers) but have the same distribution: rejection sampling is lossless, and cutting a
-  commit at EOS, a fixed count or a decision point keeps a prefix of a target-distributed
-  sequence whose continuation the next step draws afresh (chi-square and two-sample tests).
+  random numbers) but have the same distribution: rejection sampling is lossless whatever number
+  of drafts a row offers, and cutting a commit after EOS keeps a prefix of a target-distributed
+  sequence (chi-square and two-sample tests).
 - *Decision tokens.* A row that reaches ``tau`` *waits*: it stays in the batch, is verified,
   commits nothing and redraws the same numbers next step, until every live row has exactly
   ``tau`` tokens; then the rows are scored and pruned, as in the plain run. So greedy decoding is
   token-identical to the plain run (same candidates, rounds and answer; tested) -- up to the
-  float rounding noted above, as ``speculative_generate``. The price: waiting rows'
-  verify positions (``stats["waiting_row_steps"]``) and emitted tokens cut at ``tau``
-  (``stats["discarded_tokens"]``).
+  float rounding noted above, as ``speculative_generate``. The price: waiting rows ride along
+  in the verify forwards (``stats["waiting_row_steps"]``), and rows offer fewer drafts near ``tau``.
 - *Memory budget.* Rows hold different lengths; the live KV of the next step is counted per row
   from its actual length ``n``: ``n + K`` positions in the model's cache (the verify writes up to
   ``n + K - 1``) and ``n + K - 1`` in the draft's, each at its model's ``kv_bytes_per_token``
@@ -95,8 +95,8 @@ every per-row tensor in the same ``compact_kv_cache_`` call.
   KV and the K verify positions count): the candidates are distributed as in the plain run, the
   selection is not the same procedure. With ``decision_tokens`` it is, and the selected
   response has the plain run's distribution (tested).
-- *Cost* (``stats``): ``forwards``/``model_tokens`` are the model's (prefill + ``K + 1`` tokens per
-  live row per step), ``draft_forwards``/``draft_model_tokens`` the draft's, ``steps``,
+- *Cost* (``stats``): ``forwards``/``model_tokens`` are the model's (prefill + ``K + 1`` tokens
+  per live row per step), ``draft_forwards``/``draft_model_tokens`` the draft's, ``steps``,
   ``accepted_hist``, ``mean_accepted_length``, ``acceptance_rate``.
 
 **Ties and NaN** (pruning and the final choice): the higher reward wins; equal rewards go to the
@@ -472,6 +472,7 @@ class SpeculativeCandidateBatch(CandidateBatch):
         self.waiting_row_steps = torch.zeros((), dtype=torch.int64, device=device)
         self.discarded_tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.committed = torch.zeros((), dtype=torch.int64, device=device)
+        self.proposed = torch.zeros((), dtype=torch.int64, device=device)  # drafts offered (not -1)
 
     def _start_state(self, ids: Tensor, prompt_lengths: Tensor) -> DecodeState:
         """Rows over the model's cache (trailing by one) and the draft's (by two); the buffer holds a
@@ -506,7 +507,13 @@ class SpeculativeCandidateBatch(CandidateBatch):
 
     @torch.no_grad()
     def advance(self) -> Tensor:
-        """One speculative step of every live row; the ``[B]`` mask of rows now finished."""
+        """One speculative step of every live row; the ``[B]`` mask of rows now finished.
+
+        A row with room for ``r`` more tokens before its cap offers ``min(K, r - 1)`` drafts (the
+        rest are ``-1``: ``rejection_sample`` accepts nothing there and emits from the target), so
+        it never emits past the cap. Every step verifies all K slots even when no row needs them:
+        the emitted token's uniform is ``rejection_sample``'s slot K, so a narrower step would
+        make a row's draws depend on the other rows."""
         state, sampling, K = self.state, self.sampling, self.K
         num_new = state.num_new()
         room = self._cap() - num_new  # 0 for a row waiting at a decision point
@@ -515,8 +522,10 @@ class SpeculativeCandidateBatch(CandidateBatch):
         draws = PresetUniformSampling(sampling.temperature, None, sampling.eos_id, uniforms=uniforms)
         draft_ids, draft_probs = propose(self.draft, self.draft_cache, state, K, draws)
         logits = self.model(torch.cat([state.last_tokens()[:, None], draft_ids], 1), cache=self.cache)
+        num_drafts = (room - 1).clamp(0, K)
+        slots = torch.arange(K, device=draft_ids.device)
         out = rejection_sample(
-            draft_ids,
+            torch.where(slots < num_drafts[:, None], draft_ids, -1),
             None if sampling.greedy else draft_probs,
             sampling.probs(logits),
             greedy=sampling.greedy,
@@ -527,7 +536,7 @@ class SpeculativeCandidateBatch(CandidateBatch):
         counts, hit_eos = _stop_early(out.token_ids, torch.minimum(emitted, room), sampling.eos_id)
         self._add_logprobs(logits, out.token_ids, counts)
         state.commit_(out.token_ids, counts)
-        self._count_step(counts, out.num_accepted, room > 0, emitted - counts)
+        self._count_step(counts, out.num_accepted, num_drafts, room > 0, emitted - counts)
         num_new = state.num_new()
         finished = hit_eos | (num_new >= self.max_new_tokens)
         self.step = int(torch.where(finished, self.max_new_tokens, num_new).min())  # the one host sync
@@ -540,7 +549,9 @@ class SpeculativeCandidateBatch(CandidateBatch):
         slots = torch.arange(tokens.shape[1], device=tokens.device)
         self.logprob_sum += torch.where(slots < counts[:, None], logprobs, 0.0).double().sum(1)
 
-    def _count_step(self, counts: Tensor, num_accepted: Tensor, moving: Tensor, discarded: Tensor) -> None:
+    def _count_step(
+        self, counts: Tensor, num_accepted: Tensor, num_drafts: Tensor, moving: Tensor, discarded: Tensor
+    ) -> None:
         rows, K = self.size, self.K
         self.counts["steps"] += 1
         self.counts["forwards"] += 1
@@ -549,15 +560,17 @@ class SpeculativeCandidateBatch(CandidateBatch):
         self.counts["draft_model_tokens"] += rows * (K + 1)  # 2 tokens, then K-1 forwards of one
         self.committed += counts.sum()  # tokens_generated, kept on the device
         self.accepted_hist.index_add_(0, num_accepted, moving.long())
+        self.proposed += num_drafts.sum()
         self.waiting_row_steps += (~moving).sum()
         self.discarded_tokens += torch.where(moving, discarded, 0).sum()
 
     def speculation_stats(self) -> dict:
         """``accepted_hist`` (K+1 counts: row-steps of moving rows that accepted 0..K drafts),
         ``mean_accepted_length`` (tokens emitted per moving row-step, accepted drafts + 1),
-        ``acceptance_rate`` (accepted / proposed drafts), ``waiting_row_steps`` (row-steps of rows
+        ``acceptance_rate`` (accepted / drafts offered: fewer than K near a cap), ``waiting_row_steps``
+        (row-steps of rows
         waiting at a decision point: verified, nothing committed), ``discarded_tokens`` (emitted
-        tokens cut by a decision point, EOS or ``max_new_tokens``), ``num_draft_tokens``, and
+        tokens cut after an EOS), ``num_draft_tokens``, and
         ``tokens_generated`` (tokens committed by all candidates)."""
         hist = self.accepted_hist.tolist()
         row_steps = max(1, sum(hist))
@@ -567,7 +580,7 @@ class SpeculativeCandidateBatch(CandidateBatch):
             "num_draft_tokens": self.K,
             "accepted_hist": hist,
             "mean_accepted_length": (accepted + row_steps) / row_steps,
-            "acceptance_rate": accepted / (self.K * row_steps),
+            "acceptance_rate": accepted / max(1, int(self.proposed)),
             "waiting_row_steps": int(self.waiting_row_steps),
             "discarded_tokens": int(self.discarded_tokens),
         }
