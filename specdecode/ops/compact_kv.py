@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from specdecode.core import check_same_device, is_int, may_share_memory, row_layout
+from specdecode.core import byte_span, check_same_device, is_int, may_share_memory, row_layout
 
 __all__ = ["compact_kv_cache_", "KVCacheCompactor"]
 
@@ -125,24 +125,29 @@ def _distinct_tensors(tensors: list[torch.Tensor], batch_dims: list[int], kept_i
     """Positions of the tensors to compact: an exact duplicate (same memory, layout, dtype and
     batch dim) is compacted once -- twice would move its rows twice. Tensors that share memory
     otherwise (a transpose, an overlapping slice, the indices themselves) raise ``ValueError``."""
-    distinct: list[int] = []
-    for i, (tensor, dim) in enumerate(zip(tensors, batch_dims)):
+    for i, tensor in enumerate(tensors):
         if may_share_memory(tensor, kept_indices):
             raise ValueError(f"cache[{i}] shares memory with kept_indices: compacting it would rewrite the indices")
-        duplicate = False
-        for j in distinct:
-            if not may_share_memory(tensor, tensors[j]):
+    # Only tensors whose byte spans intersect can share memory: sorted by where they start, each
+    # is compared with the earlier ones whose span reaches it (usually none), not with all.
+    spans = [byte_span(tensor) if tensor.device.type != "meta" else (0, 0) for tensor in tensors]
+    duplicate_of: dict[int, int] = {}
+    open_spans: list[int] = []
+    for i in sorted(range(len(tensors)), key=lambda k: (spans[k][0], k)):
+        open_spans = [j for j in open_spans if spans[j][1] > spans[i][0]]
+        for j in open_spans:
+            first, second = min(i, j), max(i, j)
+            if not may_share_memory(tensors[first], tensors[second]):
                 continue
-            if _same_view(tensor, tensors[j]) and dim == batch_dims[j]:
-                duplicate = True
-                break
-            raise ValueError(
-                f"cache[{j}] and cache[{i}] share memory but are not the same view along the same batch dim "
-                "(e.g. a tensor and its transpose or an overlapping slice): compacting both would move rows twice"
-            )
-        if not duplicate:
-            distinct.append(i)
-    return distinct
+            if not (_same_view(tensors[first], tensors[second]) and batch_dims[first] == batch_dims[second]):
+                raise ValueError(
+                    f"cache[{first}] and cache[{second}] share memory but are not the same view along the same "
+                    "batch dim (e.g. a tensor and its transpose or an overlapping slice): compacting both would "
+                    "move rows twice"
+                )
+            duplicate_of[second] = first
+        open_spans.append(i)
+    return [i for i in range(len(tensors)) if i not in duplicate_of]
 
 
 def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
