@@ -1,11 +1,17 @@
 """Triton kernel for token-tree verification: the walk down the tree, acceptance and the emitted token, fused.
 
 The algorithm and the random stream are those of ``specdecode/reference/tree_rejection_sample.py``.
-One program verifies one row: a single pass over the nodes in index order tries each live child
-of the current node (a gathered ``q(x)``, ``p(x)``), keeping the sibling group's updated target
-``q' = max(0, q - c p) / S`` as scalars; a pass over the vocabulary recomputes ``S`` only when a
-sibling is tried after a rejection, and the emitted token streams the single target (and draft)
-row it samples from. The Philox uniforms and the NaN-safe argmax are the chain verifier's.
+Two kernels, one program per row each:
+
+- ``_tree_walk_kernel``: a single pass over the nodes in index order tries each live child of the
+  current node (a gathered ``q(x)``, ``p(x)``), keeping the sibling group's updated target
+  ``q' = max(0, q - c p) / S`` as scalars; a pass over the vocabulary recomputes ``S`` only when
+  a sibling is tried after a rejection. It writes the path and the final node's ``c``.
+- ``_tree_emit_kernel``: streams the one target (and draft) row the emitted token is sampled
+  from, without the final node's rejected children. (In one kernel, the walk's state stayed
+  live across this stream and spilled registers on sm_80, sm_90 and gfx942.)
+
+The Philox uniforms and the NaN-safe argmax are the chain verifier's (``kernels/rejection_sample.py``).
 """
 
 from __future__ import annotations
@@ -274,8 +280,11 @@ def tree_rejection_sample(
 
     Returns ``(token_ids [B, T+1], accepted_nodes [B, T], num_accepted [B])``, int64.
 
-    >>> # doctest: +SKIP  (needs a CUDA device, or TRITON_INTERPRET=1 before import)
-    >>> tree_rejection_sample(ids, parents, None, target, greedy, seeds, offsets, False)
+    Example (CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` set before import)::
+
+        token_ids, accepted_nodes, num_accepted = tree_rejection_sample(
+            ids, parents, None, target, greedy, seeds, offsets, without_replacement=False
+        )
     """
     batch_size, num_nodes = draft_token_ids.shape
     vocab_size = target_probs.shape[-1]

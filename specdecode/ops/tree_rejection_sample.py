@@ -109,7 +109,7 @@ def tree_rejection_sample(
     Args:
         draft_token_ids: ``[B, T]`` int32/int64, the tree's node tokens; ``-1`` (or any id
             outside ``[0, V)``) is a padding node: never accepted, nor anything below it.
-        parents: ``[B, T]`` int32/int64, the index of each node's parent, ``< `` its own index;
+        parents: ``[B, T]`` int32/int64, the index of each node's parent (below its own index);
             ``-1``: a child of the root (the last verified token). A node whose parent is not in
             ``[-1, i)`` is treated as padding (``validate=True`` rejects it).
         draft_probs: ``[B, T, V]`` float32/float16/bfloat16, row ``i`` = the distribution node
