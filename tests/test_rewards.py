@@ -75,8 +75,9 @@ def test_training_separates_two_kinds_of_rows():
     examples = [
         train_reward.Example([BOS_ID, 7, 7, last], 2, last == 1, "draft/train") for last in (1, 2) for _ in range(4)
     ]
-    before = train_reward.prefix_loss(RewardModel(train_reward.REWARD_MODEL_CONFIG, seed=0), examples).item()
-    model = train_reward.train(examples, steps=60, batch_size=8, lr=3e-3, seed=0, log=lambda line: None)
+    tiny = ModelConfig(n_layers=1, dim=16, n_heads=2, n_kv_heads=1, max_seq_len=16)
+    before = train_reward.prefix_loss(RewardModel(tiny, seed=0), examples).item()
+    model = train_reward.train(examples, steps=40, batch_size=8, lr=1e-2, seed=0, log=lambda line: None, config=tiny)
     assert train_reward.prefix_loss(model, examples).item() < before
     result = train_reward.accuracy(model, examples)
     assert result["finished"]["rows"] == 8 and result["finished"]["accuracy"] == 1.0

@@ -182,8 +182,11 @@ def accuracy(model: RewardModel, examples: list[Example]) -> dict:
         hits, positives = 0, 0
         for start in range(0, len(rows), 64):
             part = rows[start : start + 64]
-            tokens, _, labels = batch_of([Example(t, e.prompt_length, e.label, e.source) for t, e in zip(cut, part)])
-            lengths = torch.tensor([len(t) for t in cut[start : start + 64]])
+            part_cut = cut[start : start + 64]
+            tokens, _, labels = batch_of(
+                [Example(t, e.prompt_length, e.label, e.source) for t, e in zip(part_cut, part)]
+            )
+            lengths = torch.tensor([len(t) for t in part_cut])
             hits += int(((model(tokens, lengths) > 0).float() == labels).sum())
             positives += int(labels.sum())
         name = "finished" if at is None else f"prefix_{at}"
@@ -196,9 +199,12 @@ def accuracy(model: RewardModel, examples: list[Example]) -> dict:
     return result
 
 
-def train(examples: list[Example], steps: int, batch_size: int, lr: float, seed: int, log) -> RewardModel:
+def train(
+    examples: list[Example], steps: int, batch_size: int, lr: float, seed: int, log, config=REWARD_MODEL_CONFIG
+) -> RewardModel:
+    """A ``RewardModel(config)`` trained by AdamW on ``prefix_loss`` over random batches of ``examples``."""
     torch.manual_seed(seed)
-    model = RewardModel(REWARD_MODEL_CONFIG, seed=seed).train()
+    model = RewardModel(config, seed=seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -223,9 +229,9 @@ def save(model: RewardModel, path: str, meta: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=4e-3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--data", default=None, help="cache the generated examples in this file (reused if present)")
@@ -261,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = [e for e in examples if e.source.endswith("/train")]
     held_out = [e for e in examples if e.source.endswith("/val")]
     model = train(train_set, args.steps, args.batch_size, args.lr, args.seed, log)
+    save(model, args.out, {})  # the weights first: the evaluation below only adds to the metadata
     held_out_accuracy = {
         source: accuracy(model, [e for e in held_out if e.source == source]) for source in ("draft/val", "target/val")
     }
