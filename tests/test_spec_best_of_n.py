@@ -60,7 +60,11 @@ def test_greedy_is_token_identical_to_the_plain_run(pair, decision_tokens, K):
     assert torch.equal(spec.pruned_at_round, plain.pruned_at_round)
     assert torch.equal(spec.tokens, plain.tokens) and torch.equal(spec.best_candidate, plain.best_candidate)
     torch.testing.assert_close(spec.rewards, plain.rewards, rtol=0, atol=1e-9)
-    assert [r["tokens_per_row"] for r in spec.stats["rounds"]] == decision_tokens[: len(spec.stats["rounds"])]
+    for mine, theirs in zip(spec.stats["rounds"], plain.stats["rounds"], strict=True):
+        for key in ("tokens_per_row", "live_per_prompt", "kept_per_prompt"):
+            assert mine[key] == theirs[key]
+    if decision_tokens == [1, 3]:  # rows that finished after token 1 before the slowest got there are ranked
+        assert spec.stats["rounds"][0]["finished_in_pool"] > 0
     assert spec.stats["mean_accepted_length"] > 1.2  # the draft was used, not just rejected
     assert spec.stats["forwards"] <= plain.stats["forwards"]  # a step commits >= 1 token per moving row
 
@@ -132,8 +136,8 @@ def test_candidates_first_two_tokens_follow_the_target(K):
 
 
 def test_speculative_rejection_candidates_first_tokens_follow_the_target():
-    """With pruning after two tokens (a row that has them waits until all do), every candidate's
-    first token -- pruned ones included -- follows the target."""
+    """With pruning after two tokens (rows run ahead of the slowest and are judged on their first
+    two), every candidate's first token -- pruned ones included -- follows the target."""
     vocab, n, temperature = 8, 3000, 1.0
     target, draft = tiny_pair(vocab_size=vocab, noise=0.6, dtype=torch.float32)
     prompt = [4, 2]
@@ -151,7 +155,7 @@ def test_speculative_rejection_candidates_first_tokens_follow_the_target():
         draft=draft,
         num_draft_tokens=3,
     )
-    assert out.stats["rounds"][0]["tokens_per_row"] == 2 and out.stats["waiting_row_steps"] > 0
+    assert out.stats["rounds"][0]["tokens_per_row"] == 2 and out.stats["tokens_past_pruning"] > 0
     assert_fits(first_two_counts(out, vocab)[0], first, FALSE_ALARM_RATE, "first token")
 
 
@@ -205,26 +209,33 @@ def test_candidates_do_not_depend_on_the_batch_or_n(pair):
     assert len({tuple(row.tolist()) for row in big.candidate_tokens.flatten(0, 1)}) > 10  # candidates differ
 
 
-def test_pruning_keeps_survivors_tokens(pair):
-    """Speculative Rejection's finished candidates carry exactly the tokens the same candidates get
-    with nothing pruned under the same decision points (alpha = 0): waiting at a decision point
-    redraws the same numbers, and pruning does not touch the survivors. With a memory budget and
-    alpha = 0 nothing is ever pruned or capped: exactly Best-of-N with the draft."""
-    target, draft = pair
+def test_speculative_rejection_candidates_are_best_of_n_candidates():
+    """Under the same generator, every candidate Speculative Rejection finishes carries exactly the
+    tokens Best-of-N with the draft gives it, and a pruned one the first ``tau`` of them (rows run
+    ahead of the slowest, and pruning touches nobody else). Each round ranks exactly the
+    candidates still generating at its ``tau`` (by hand from Best-of-N's lengths), including
+    those that finished after ``tau`` before the slowest row got there."""
+    target = tiny(EOSBiased, torch.float64, eos_bias=2.5)  # EOS often: candidates finish between decisions
+    draft = near_copy(target, 0.3)
     reward = LogLikelihoodReward(target)
     common = dict(max_new_tokens=12, draft=draft, num_draft_tokens=3)
-    pruned = speculative_rejection(target, reward, PROMPTS, 6, 0.5, decision_tokens=[2, 5], **common, generator=gen(4))
-    kept_all = speculative_rejection(target, reward, PROMPTS, 6, 0, decision_tokens=[2, 5], **common, generator=gen(4))
-    assert (pruned.pruned_at_round >= 0).any() and (kept_all.pruned_at_round < 0).all()
-    assert pruned.stats["waiting_row_steps"] > 0
-    done = pruned.finished
-    assert torch.equal(pruned.candidate_tokens[done], kept_all.candidate_tokens[done])
-    cut, full = pruned.candidate_tokens[~done], kept_all.candidate_tokens[~done]
-    assert torch.equal(cut, torch.where(cut >= 0, full, -1))  # a pruned candidate: a prefix of its full response
-    budget = speculative_rejection(target, reward, PROMPTS, 6, 0, memory_budget=10**6, **common, generator=gen(4))
-    plain_bon = best_of_n(target, reward, PROMPTS, 6, **common, generator=gen(4))
-    assert torch.equal(budget.candidate_tokens, plain_bon.candidate_tokens)
-    assert torch.equal(budget.best_candidate, plain_bon.best_candidate)
+    taus, n = [3, 6], 8
+    bon = best_of_n(target, reward, PROMPTS, n, **common, generator=gen(4))
+    spr = speculative_rejection(target, reward, PROMPTS, n, 0.5, decision_tokens=taus, **common, generator=gen(4))
+    assert (spr.pruned_at_round >= 0).any() and spr.stats["tokens_past_pruning"] > 0
+    done = spr.finished
+    assert torch.equal(spr.candidate_tokens[done], bon.candidate_tokens[done])
+    for r, tau in enumerate(taus):
+        now = spr.pruned_at_round == r
+        assert (spr.candidate_num_tokens[now] == tau).all()
+        assert torch.equal(spr.candidate_tokens[now][:, :tau], bon.candidate_tokens[now][:, :tau])
+        generating = (bon.candidate_num_tokens > tau) & ((spr.pruned_at_round < 0) | (spr.pruned_at_round >= r))
+        assert spr.stats["rounds"][r]["live_per_prompt"] == generating.sum(1).tolist()
+        assert spr.stats["rounds"][r]["tokens_per_row"] == tau
+    assert sum(r["finished_in_pool"] for r in spr.stats["rounds"]) > 0  # the case above did occur
+    budget = speculative_rejection(target, reward, PROMPTS, n, 0, memory_budget=10**6, **common, generator=gen(4))
+    assert torch.equal(budget.candidate_tokens, bon.candidate_tokens)  # alpha = 0: nothing pruned
+    assert torch.equal(budget.best_candidate, bon.best_candidate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,8 +330,9 @@ def test_stats_count_what_ran(pair):
     assert all(T == K + 1 for _, T in calls["target"][1:])
     assert sum(B * T for B, T in calls["target"]) == s["model_tokens"]
     assert sum(B * T for B, T in calls["draft"]) == s["draft_model_tokens"]
-    assert sum(s["accepted_hist"]) + s["waiting_row_steps"] == sum(B for B, _ in calls["target"][1:])
-    assert s["tokens_generated"] == int(out.candidate_num_tokens.sum())
+    assert sum(s["accepted_hist"]) == sum(B for B, _ in calls["target"][1:])  # every live row, every step
+    assert s["tokens_generated"] - s["tokens_past_pruning"] == int(out.candidate_num_tokens.sum())
+    assert s["tokens_past_pruning"] > 0
     emitted = sum((a + 1) * c for a, c in enumerate(s["accepted_hist"]))
     assert emitted == s["tokens_generated"] + s["discarded_tokens"]
     assert s["mean_accepted_length"] == emitted / sum(s["accepted_hist"])

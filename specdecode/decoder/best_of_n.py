@@ -65,39 +65,45 @@ them together with the unfinished ones; here keeping them is free).
 Every live candidate decodes speculatively: per step the draft proposes K tokens for all live rows
 (``generate.propose``), the model verifies them in one forward of ``K+1`` tokens per row, and
 ``rejection_sample`` accepts a prefix per row; a row commits its accepted drafts and the emitted
-token (cut after EOS) -- rows advance by different amounts. A row's *cap* is the next decision point
-or ``max_new_tokens``: with room for ``r`` tokens before it, the row offers only ``min(K, r - 1)``
-drafts (the rest are ``-1``, so it emits at most ``r``). Prefill, retirement, scoring,
-``topk_prune`` and the final choice are the plain engine's; compaction moves *both* models' caches
-(the draft's trails by two tokens) with every per-row tensor in the same ``compact_kv_cache_`` call.
+token (cut after EOS) -- rows advance by different amounts. A row with room for ``r`` tokens
+before ``max_new_tokens`` offers only ``min(K, r - 1)`` drafts (the rest ``-1``). Prefill,
+retirement, scoring, ``topk_prune`` and the final choice are the plain engine's; compaction moves
+*both* models' caches (the draft's trails by two tokens) with every per-row tensor in the same
+``compact_kv_cache_`` call.
 
 - *Randomness, per candidate.* Draft draw ``i`` of candidate ``(g, j)`` in a step that starts
   after ``t`` new tokens is an inverse-CDF draw with the uniform of Philox on ``(t, j, g, 1 + i)``
   (``draft_uniforms``); verification uses ``rejection_sample``'s own stream with the per-row seed
   ``verification_seeds(seed, g, j)`` (Philox on ``(0, j, g, 2^32 - 1)``) and ``offset = t``. ``t``
   grows with every commit, so no number is used twice. A candidate's tokens therefore depend on
-  ``seed``, ``(g, j)`` and where its steps start (its own acceptances and the decision points),
-  never on the other rows, ``n`` or pruning (tested). They are not the plain run's tokens (other
+  ``seed`` and ``(g, j)`` only -- not on the other rows, ``n``, pruning or the decision points --
+  so Speculative Rejection's candidates are Best-of-N's (with the same draft and generator),
+  pruned ones cut at their decision point (tested). They are not the plain run's tokens (other
   random numbers) but have the same distribution: rejection sampling is lossless whatever number
   of drafts a row offers, and cutting a commit after EOS keeps a prefix of a target-distributed
   sequence (chi-square and two-sample tests).
-- *Decision tokens.* A row that reaches ``tau`` *waits*: it stays in the batch, is verified,
-  commits nothing and redraws the same numbers next step, until every live row has exactly
-  ``tau`` tokens; then the rows are scored and pruned, as in the plain run. So greedy decoding is
+- *Decision tokens: "after tau tokens".* Rows do not wait for each other: a fast row runs past
+  ``tau``. Decision ``tau`` is taken once the *slowest* live row has ``tau`` tokens, and it ranks
+  exactly what the plain run ranks at ``tau``: every candidate still generating when it made its
+  ``tau``-th token -- the live rows, and those that finished (EOS or ``max_new_tokens``) after
+  ``tau`` in the meantime (``rounds[i]["finished_in_pool"]``) -- each scored on its first ``tau``
+  response tokens (PAD after; the running log-likelihood of that prefix, kept per decision point
+  while decoding). A pruned candidate's response is cut to those ``tau`` tokens; what it made
+  beyond is counted in ``stats["tokens_past_pruning"]`` (in ``tokens_generated``). Several
+  decision points can fall due in one step; they are taken in order. So greedy decoding is
   token-identical to the plain run (same candidates, rounds and answer; tested) -- up to the
-  float rounding noted above, as ``speculative_generate``. The price: waiting rows ride along
-  in the verify forwards (``stats["waiting_row_steps"]``), and rows offer fewer drafts near ``tau``.
+  float rounding noted above, as ``speculative_generate`` -- and under sampling the selected
+  response has the plain run's distribution.
 - *Memory budget.* Rows hold different lengths; the live KV of the next step is counted per row
   from its actual length ``n``: ``n + K`` positions in the model's cache (the verify writes up to
   ``n + K - 1``) and ``n + K - 1`` in the draft's, each at its model's ``kv_bytes_per_token``
-  (``live_kv_bytes``). A decision when that would exceed the budget; rows never wait. So
-  decisions come at other lengths than in the plain run (rows differ in length, and the draft's
-  KV and the K verify positions count): the candidates are distributed as in the plain run, the
-  selection is not the same procedure. With ``decision_tokens`` it is, and the selected
-  response has the plain run's distribution (tested).
+  (``live_kv_bytes``). A decision when that would exceed the budget, scoring the live rows as
+  they are. So decisions come at other lengths than in the plain run (rows differ in length, and
+  the draft's KV and the K verify positions count): the candidates are distributed as in the
+  plain run, the selection is not the same procedure.
 - *Cost* (``stats``): ``forwards``/``model_tokens`` are the model's (prefill + ``K + 1`` tokens
   per live row per step), ``draft_forwards``/``draft_model_tokens`` the draft's, ``steps``,
-  ``accepted_hist``, ``mean_accepted_length``, ``acceptance_rate``.
+  ``accepted_hist``, ``mean_accepted_length``, ``acceptance_rate``, ``tokens_past_pruning``.
 
 **Ties and NaN** (pruning and the final choice): the higher reward wins; equal rewards go to the
 lower candidate index; NaN ranks below every number (``topk_prune``'s order). Rewards are
@@ -343,6 +349,38 @@ class CandidateBatch:
         self.archive(finished.nonzero().flatten(), FINISHED)
         self.compact_((~finished).nonzero().flatten())
 
+    def decision_pool(self, tau_index: int | None = None) -> DecisionPool:
+        """The candidates a decision point ranks: here the live rows as they are (rows advance in
+        lockstep, so at ``decision_tokens[tau_index]`` every one holds exactly that many tokens)."""
+        return DecisionPool(
+            self.cand,
+            self.state.tokens,
+            self.state.lengths,
+            self.state.prompt_lengths,
+            self.logprob_sum,
+            self.state.rows,
+        )
+
+    def apply_pruning(self, pool: DecisionPool, keep: Tensor, round_index: int, tau: int | None) -> None:
+        """Archive the pool's rows not in ``keep [M]`` as pruned at ``round_index``; compact the rest."""
+        self.archive(pool.rows[~keep], PRUNED, round_index)
+        self.compact_(pool.rows[keep])
+
+
+@dataclass
+class DecisionPool:
+    """The ``M`` candidates one decision point ranks, ascending by candidate id (grouped by prompt):
+    ``cand [M]``, ``tokens [M, S]``, ``lengths [M]`` (prompt + the response prefix scored),
+    ``prompt_lengths [M]``, ``logprob_sum [M]`` (of that prefix, temperature 1), ``rows [M]`` (the
+    live row holding the candidate, ``-1`` for one already finished and archived)."""
+
+    cand: Tensor
+    tokens: Tensor
+    lengths: Tensor
+    prompt_lengths: Tensor
+    logprob_sum: Tensor
+    rows: Tensor
+
 
 def candidate_uniforms(seed: int, num_prompts: int, n: int, num_steps: int, first_step: int = 0) -> Tensor:
     """``[P, n, T]`` float64 uniforms in ``[0, 1)`` for steps ``first_step .. first_step+T-1``: entry
@@ -370,8 +408,7 @@ def _philox_uniforms(seed: int, t, j, g, stream) -> Tensor:
 def draft_uniforms(seed: int, g: Tensor, j: Tensor, t: Tensor, num_draft_tokens: int) -> Tensor:
     """``[B, K]`` float64 uniforms of the draft's K draws for candidates ``(g, j)`` (``[B]`` each) whose
     step starts after ``t [B]`` new tokens: entry ``(b, i)`` is Philox on ``(t, j, g, DRAFT_STREAM + i)``.
-    ``t`` grows every step a row commits tokens, so a step never reuses a row's numbers; a row
-    that commits nothing (waiting at a decision point) draws the same numbers again."""
+    ``t`` grows every step (a live row commits at least one token), so no number is used twice."""
     slots = torch.arange(DRAFT_STREAM, DRAFT_STREAM + num_draft_tokens, dtype=torch.int64, device=t.device)
     return _philox_uniforms(seed, t[:, None], j[:, None], g[:, None], slots[None, :])
 
@@ -442,11 +479,13 @@ class SpeculativeCandidateBatch(CandidateBatch):
     row, drawn from the candidate's own uniforms), one forward of the model over ``[last token,
     x_1..x_K]`` (``generate.verify``'s, keeping the logits for the running log-likelihood), and
     ``rejection_sample`` with per-candidate seeds and the row's new-token count as offset. A row
-    commits its accepted drafts and emitted token, cut after EOS and at its cap: the next
-    decision point (``stops``) or ``max_new_tokens``. Extra per-row state: the draft's KV cache
-    (``state.caches[1]``, trailing by two), compacted together with the rest."""
+    commits its accepted drafts and emitted token, cut after EOS (and never past
+    ``max_new_tokens``). Extra per-row state, compacted together with the rest: the draft's KV
+    cache (``state.caches[1]``, trailing by two) and ``logprob_below [B, D]``, the response
+    log-likelihood of the first ``decision_tokens[d]`` tokens (the running reward at decision
+    ``d``, for rows that ran past it)."""
 
-    OWN_ROW_TENSORS = ("cand", "logprob_sum")  # no stored logits: every step's verify computes them
+    OWN_ROW_TENSORS = ("cand", "logprob_sum", "logprob_below")  # no stored logits: each verify computes them
 
     def __init__(
         self,
@@ -458,18 +497,21 @@ class SpeculativeCandidateBatch(CandidateBatch):
         sampling: SamplingSettings,
         seed: int,
         speculation: Speculation,
-        stops: Sequence[int] = (),
+        decision_tokens: Sequence[int] = (),
     ):
-        self.speculation, self.stops = speculation, tuple(stops)
+        self.speculation = speculation
         self.draft, self.K = speculation.draft, speculation.num_draft_tokens
         super().__init__(model, ids, prompt_lengths, n, max_new_tokens, sampling, seed)
         self.draft_cache = self.state.caches[1]
-        every = torch.arange(self.num_prompts * n, device=ids.device)
-        self.seeds = verification_seeds(seed, every // n, every % n)  # [P*n], by candidate id
-        self.counts.update({"steps": 0, "draft_forwards": 0, "draft_model_tokens": 0})
         device = ids.device
+        every = torch.arange(self.num_prompts * n, device=device)
+        self.seeds = verification_seeds(seed, every // n, every % n)  # [P*n], by candidate id
+        self.cand_prompt_lengths = prompt_lengths.repeat_interleave(n)  # [P*n], by candidate id
+        self.taus = torch.tensor(decision_tokens, dtype=torch.int64, device=device)
+        self.logprob_below = torch.zeros(self.size, len(self.taus), dtype=torch.float64, device=device)
+        self.final_logprob_below = torch.zeros_like(self.logprob_below)
+        self.counts.update({"steps": 0, "draft_forwards": 0, "draft_model_tokens": 0})
         self.accepted_hist = torch.zeros(self.K + 1, dtype=torch.int64, device=device)
-        self.waiting_row_steps = torch.zeros((), dtype=torch.int64, device=device)
         self.discarded_tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.committed = torch.zeros((), dtype=torch.int64, device=device)
         self.proposed = torch.zeros((), dtype=torch.int64, device=device)  # drafts offered (not -1)
@@ -499,24 +541,19 @@ class SpeculativeCandidateBatch(CandidateBatch):
         self._prefill_prompts(self.draft, self.draft_cache)
         self.state.sync_cache_lengths_()
 
-    def _cap(self) -> int:
-        """Where every row stops this step: the next decision point past the rows' ``step``, else
-        ``max_new_tokens``. Rows never pass a decision point, so when the slowest reaches it all are
-        there, with exactly that many tokens."""
-        return next((tau for tau in self.stops if tau > self.step), self.max_new_tokens)
-
     @torch.no_grad()
     def advance(self) -> Tensor:
         """One speculative step of every live row; the ``[B]`` mask of rows now finished.
 
-        A row with room for ``r`` more tokens before its cap offers ``min(K, r - 1)`` drafts (the
-        rest are ``-1``: ``rejection_sample`` accepts nothing there and emits from the target), so
-        it never emits past the cap. Every step verifies all K slots even when no row needs them:
-        the emitted token's uniform is ``rejection_sample``'s slot K, so a narrower step would
-        make a row's draws depend on the other rows."""
+        A row with room for ``r`` more tokens before ``max_new_tokens`` offers ``min(K, r - 1)``
+        drafts (the rest are ``-1``: ``rejection_sample`` accepts nothing there and emits from the
+        target), so it never emits past it. Every step verifies all K slots even when no row
+        needs them: the emitted token's uniform is ``rejection_sample``'s slot K, so a narrower
+        step would make a row's draws depend on the other rows. ``step`` becomes the fewest new
+        tokens of a live row (the one host sync)."""
         state, sampling, K = self.state, self.sampling, self.K
         num_new = state.num_new()
-        room = self._cap() - num_new  # 0 for a row waiting at a decision point
+        room = self.max_new_tokens - num_new
         g, j = self.cand // self.n_per_prompt, self.cand % self.n_per_prompt
         uniforms = None if sampling.greedy else draft_uniforms(self.seed, g, j, num_new, K)
         draws = PresetUniformSampling(sampling.temperature, None, sampling.eos_id, uniforms=uniforms)
@@ -534,24 +571,70 @@ class SpeculativeCandidateBatch(CandidateBatch):
         )
         emitted = out.num_accepted + 1
         counts, hit_eos = _stop_early(out.token_ids, torch.minimum(emitted, room), sampling.eos_id)
-        self._add_logprobs(logits, out.token_ids, counts)
+        self._add_logprobs(logits, out.token_ids, counts, num_new)
         state.commit_(out.token_ids, counts)
-        self._count_step(counts, out.num_accepted, num_drafts, room > 0, emitted - counts)
+        self._count_step(counts, out.num_accepted, num_drafts, emitted - counts)
         num_new = state.num_new()
         finished = hit_eos | (num_new >= self.max_new_tokens)
-        self.step = int(torch.where(finished, self.max_new_tokens, num_new).min())  # the one host sync
+        self.step = int(torch.where(finished, self.max_new_tokens, num_new).min())
         return finished
 
-    def _add_logprobs(self, logits: Tensor, tokens: Tensor, counts: Tensor) -> None:
-        """Add each row's committed tokens' log-probabilities (temperature 1) to ``logprob_sum``:
-        ``logits [B, K+1, V]`` predict ``tokens [B, K+1]`` slot by slot; the first ``counts [B]`` count."""
+    def _add_logprobs(self, logits: Tensor, tokens: Tensor, counts: Tensor, num_new: Tensor) -> None:
+        """Add each row's committed tokens' log-probabilities (temperature 1) to ``logprob_sum``, and
+        to ``logprob_below[:, d]`` those of new-token index ``< decision_tokens[d]``: ``logits [B, K+1,
+        V]`` predict ``tokens [B, K+1]`` slot by slot; the first ``counts [B]`` count; the row had
+        ``num_new [B]`` new tokens before."""
         logprobs = torch.log_softmax(logits.float(), -1).gather(-1, tokens.clamp_min(0)[..., None])[..., 0]
         slots = torch.arange(tokens.shape[1], device=tokens.device)
-        self.logprob_sum += torch.where(slots < counts[:, None], logprobs, 0.0).double().sum(1)
+        committed = torch.where(slots < counts[:, None], logprobs, 0.0).double()  # [B, K+1]
+        self.logprob_sum += committed.sum(1)
+        below = (num_new[:, None] + slots)[:, :, None] < self.taus  # [B, K+1, D]
+        self.logprob_below += (committed[:, :, None] * below).sum(1)
 
-    def _count_step(
-        self, counts: Tensor, num_accepted: Tensor, num_drafts: Tensor, moving: Tensor, discarded: Tensor
-    ) -> None:
+    def archive(self, rows: Tensor, status: int, round_index: int = NOT_PRUNED) -> None:
+        super().archive(rows, status, round_index)
+        self.final_logprob_below[self.cand[rows]] = self.logprob_below[rows]
+
+    def compact_(self, kept: Tensor) -> None:
+        super().compact_(kept)
+        self.step = int(self.state.num_new().min()) if self.size else self.max_new_tokens
+
+    def decision_pool(self, tau_index: int | None = None) -> DecisionPool:
+        """At ``decision_tokens[tau_index] = tau``: every candidate still generating when it made its
+        ``tau``-th token -- the live rows (all at ``tau`` tokens or beyond) and the archived ones that
+        finished after ``tau`` -- each with its first ``tau`` response tokens (PAD after) and their
+        log-likelihood: what the plain run scores at ``tau``. For a memory decision (``None``): the
+        live rows as they are."""
+        if tau_index is None:
+            return super().decision_pool()
+        tau = int(self.taus[tau_index])
+        plen = self.cand_prompt_lengths
+        late = ((self.status == FINISHED) & (self.final_lengths - plen > tau)).nonzero().flatten()
+        cand = torch.cat([self.cand, late])
+        order = cand.argsort()
+        rows = torch.cat([self.state.rows, torch.full_like(late, -1)])[order]
+        tokens = torch.cat([self.state.tokens, self.final_tokens[late]])[order]
+        lengths = plen[cand[order]] + tau
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        tokens = torch.where(positions < lengths[:, None], tokens, PAD_ID)
+        logprob = torch.cat([self.logprob_below[:, tau_index], self.final_logprob_below[late, tau_index]])[order]
+        return DecisionPool(cand[order], tokens, lengths, plen[cand[order]], logprob, rows)
+
+    def apply_pruning(self, pool: DecisionPool, keep: Tensor, round_index: int, tau: int | None) -> None:
+        """Archive the pool's pruned live rows, mark its pruned archived ones; each pruned
+        candidate's response is cut to the ``tau`` tokens it was judged on (the tokens it made
+        beyond count in ``stats["tokens_past_pruning"]``). Compact the kept live rows."""
+        live = pool.rows >= 0
+        self.archive(pool.rows[live & ~keep], PRUNED, round_index)
+        archived = pool.cand[~live & ~keep]
+        self.status[archived] = PRUNED
+        self.pruned_round[archived] = round_index
+        if tau is not None:
+            pruned = pool.cand[~keep]
+            self.final_lengths[pruned] = self.cand_prompt_lengths[pruned] + tau
+        self.compact_(pool.rows[live & keep])
+
+    def _count_step(self, counts: Tensor, num_accepted: Tensor, num_drafts: Tensor, discarded: Tensor) -> None:
         rows, K = self.size, self.K
         self.counts["steps"] += 1
         self.counts["forwards"] += 1
@@ -559,29 +642,28 @@ class SpeculativeCandidateBatch(CandidateBatch):
         self.counts["draft_forwards"] += K
         self.counts["draft_model_tokens"] += rows * (K + 1)  # 2 tokens, then K-1 forwards of one
         self.committed += counts.sum()  # tokens_generated, kept on the device
-        self.accepted_hist.index_add_(0, num_accepted, moving.long())
+        self.accepted_hist.index_add_(0, num_accepted, torch.ones_like(num_accepted))
         self.proposed += num_drafts.sum()
-        self.waiting_row_steps += (~moving).sum()
-        self.discarded_tokens += torch.where(moving, discarded, 0).sum()
+        self.discarded_tokens += discarded.sum()
 
     def speculation_stats(self) -> dict:
-        """``accepted_hist`` (K+1 counts: row-steps of moving rows that accepted 0..K drafts),
-        ``mean_accepted_length`` (tokens emitted per moving row-step, accepted drafts + 1),
-        ``acceptance_rate`` (accepted / drafts offered: fewer than K near a cap), ``waiting_row_steps``
-        (row-steps of rows
-        waiting at a decision point: verified, nothing committed), ``discarded_tokens`` (emitted
-        tokens cut after an EOS), ``num_draft_tokens``, and
-        ``tokens_generated`` (tokens committed by all candidates)."""
+        """``tokens_generated`` (tokens committed by all candidates, pruned ones' tokens past their
+        decision point included), ``tokens_past_pruning`` (those: generated, then cut when the
+        candidate was pruned), ``num_draft_tokens``, ``accepted_hist`` (K+1 counts: row-steps that
+        accepted 0..K drafts), ``mean_accepted_length`` (tokens emitted per row-step, accepted
+        drafts + 1), ``acceptance_rate`` (accepted / drafts offered: fewer than K near
+        ``max_new_tokens``), ``discarded_tokens`` (emitted after an EOS, not committed)."""
         hist = self.accepted_hist.tolist()
         row_steps = max(1, sum(hist))
         accepted = sum(a * c for a, c in enumerate(hist))
+        kept = int((self.final_lengths - self.cand_prompt_lengths).sum())  # every candidate archived by now
         return {
             "tokens_generated": int(self.committed),
+            "tokens_past_pruning": int(self.committed) - kept,
             "num_draft_tokens": self.K,
             "accepted_hist": hist,
             "mean_accepted_length": (accepted + row_steps) / row_steps,
             "acceptance_rate": accepted / max(1, int(self.proposed)),
-            "waiting_row_steps": int(self.waiting_row_steps),
             "discarded_tokens": int(self.discarded_tokens),
         }
 
@@ -641,7 +723,7 @@ def best_of_n(
         ``rounds`` (empty here). With ``draft`` (the counts of ``forwards`` and ``model_tokens`` are
         the model's: prefill + one verify of ``K+1`` tokens per row per step): ``steps``,
         ``draft_forwards``, ``draft_model_tokens``, ``accepted_hist``, ``mean_accepted_length``,
-        ``acceptance_rate``, ``waiting_row_steps``, ``discarded_tokens``, ``num_draft_tokens``
+        ``acceptance_rate``, ``tokens_past_pruning``, ``discarded_tokens``, ``num_draft_tokens``
         (``SpeculativeCandidateBatch.speculation_stats``).
     """
     return _run(
@@ -692,13 +774,16 @@ def speculative_rejection(
         memory_budget: bytes of live KV (``kv_bytes_per_token(model)`` per position per row):
             decide whenever the next forward would exceed it. Give exactly one of the two.
         draft, num_draft_tokens: decode every live candidate speculatively (as ``best_of_n``):
-            rows then wait at each of ``decision_tokens`` until all reach it, and the memory
-            budget counts both models' KV of the next step (module docstring).
+            a decision point is taken when the slowest row reaches it, scoring every candidate
+            on its first ``tau`` tokens; the memory budget counts both models' KV of the next
+            step (module docstring).
 
     Returns:
         ``BestOfNOutput``. ``stats["rounds"]``: one dict per decision point with ``tokens_per_row``,
-        ``live_kv_bytes``, ``live_per_prompt``, ``kept_per_prompt``, ``rewards`` (per prompt, the
-        partial rewards of its live rows, in candidate order), ``best_partial`` (per prompt).
+        ``live_kv_bytes``, ``live_per_prompt`` (the candidates ranked), ``finished_in_pool`` (of
+        those, already finished: only with a draft, see the module docstring), ``kept_per_prompt``,
+        ``rewards`` (per prompt, the partial rewards of the ranked candidates, in candidate order),
+        ``best_partial`` (per prompt).
     """
     return _run(
         model,
@@ -746,9 +831,6 @@ class PruningSchedule:
         for i, tau in enumerate(self.decision_tokens or ()):
             if not 1 <= tau < max_new_tokens:
                 raise ValueError(f"decision_tokens[{i}] = {tau} is outside [1, max_new_tokens = {max_new_tokens})")
-
-    def is_decision_step(self, tokens_per_row: int) -> bool:
-        return self.decision_tokens is not None and tokens_per_row in self.decision_tokens
 
     def over_budget(self, live_kv_bytes: int) -> bool:
         return self.memory_budget is not None and live_kv_bytes > self.memory_budget
@@ -862,13 +944,14 @@ def _run(
     if speculation is None:
         batch = CandidateBatch(model, ids, prompt_lengths, n, max_new_tokens, sampling, seed)
     else:
-        stops = schedule.decision_tokens or () if schedule is not None else ()
+        taus = schedule.decision_tokens or () if schedule is not None else ()
         batch = SpeculativeCandidateBatch(
-            model, ids, prompt_lengths, n, max_new_tokens, sampling, seed, speculation, stops
+            model, ids, prompt_lengths, n, max_new_tokens, sampling, seed, speculation, taus
         )
     scorer = _RewardScorer(reward, model, reward_batch_size)
     batch.prefill()
     rounds: list[dict] = []
+    pending = list(enumerate(schedule.decision_tokens or ())) if schedule is not None else []
     peak_kv = batch.live_kv_bytes()
     over_budget_steps = 0
     while True:
@@ -877,14 +960,20 @@ def _run(
             batch.retire(finished)
         if progress is not None:
             progress(batch.step, batch.size)
+        # A decision point is due once every live row has reached it (plain rows reach it together;
+        # speculative rows run ahead of the slowest one and are scored on their first tau tokens).
+        while pending and (batch.size == 0 or pending[0][1] <= batch.step):
+            tau_index, tau = pending.pop(0)
+            record = _prune_round(batch, schedule.alpha, len(rounds), scorer, batch.live_kv_bytes(), tau_index, tau)
+            if record is not None:  # None: no candidate was still generating at tau
+                rounds.append(record)
         if batch.size == 0:
             break
         live_kv = batch.live_kv_bytes()
-        if schedule is not None:
-            over_budget = schedule.over_budget(live_kv)
-            if over_budget and not schedule.prunes_any(batch.live_per_prompt()):
+        if schedule is not None and schedule.over_budget(live_kv):
+            if not schedule.prunes_any(batch.live_per_prompt()):
                 over_budget_steps += 1  # nothing to prune at this alpha: decode on over the budget
-            elif over_budget or schedule.is_decision_step(batch.step):
+            else:
                 rounds.append(_prune_round(batch, schedule.alpha, len(rounds), scorer, live_kv))
                 live_kv = batch.live_kv_bytes()
         peak_kv = max(peak_kv, live_kv)
@@ -924,21 +1013,31 @@ def _check_fits(model: Transformer, speculation: Speculation | None, width: int,
 
 
 def _prune_round(
-    batch: CandidateBatch, alpha: Real, round_index: int, scorer: _RewardScorer, live_kv_bytes: int
-) -> dict:
-    sizes = batch.live_per_prompt()
-    state = batch.state
-    values = scorer(state.tokens, state.lengths, state.prompt_lengths, batch.logprob_sum)
+    batch: CandidateBatch,
+    alpha: Real,
+    round_index: int,
+    scorer: _RewardScorer,
+    live_kv_bytes: int,
+    tau_index: int | None = None,
+    tau: int | None = None,
+) -> dict | None:
+    """Score the decision pool (at ``decision_tokens[tau_index] = tau``, or the live rows as they are
+    for a memory decision), keep the best of each prompt, archive the rest as pruned."""
+    pool = batch.decision_pool(tau_index)
+    if pool.cand.numel() == 0:
+        return None
+    sizes = torch.bincount(pool.cand // batch.n_per_prompt, minlength=batch.num_prompts).tolist()
+    values = scorer(pool.tokens, pool.lengths, pool.prompt_lengths, pool.logprob_sum)
     result = topk_prune(values, sizes, alpha)
-    pruned = (~result.keep_mask).nonzero().flatten()
-    batch.archive(pruned, PRUNED, round_index)
-    batch.compact_(result.kept_indices)
+    tokens_per_row = batch.step if tau is None else tau
+    batch.apply_pruning(pool, result.keep_mask, round_index, tau)
     per_prompt = values.split(sizes)
     return {
         "round": round_index,
-        "tokens_per_row": batch.step,
+        "tokens_per_row": tokens_per_row,
         "live_kv_bytes": live_kv_bytes,
         "live_per_prompt": sizes,
+        "finished_in_pool": int((pool.rows < 0).sum()),
         "kept_per_prompt": result.kept_group_sizes.tolist(),
         "rewards": [v.tolist() for v in per_prompt],
         "best_partial": [float(v.max()) if v.numel() else float("nan") for v in per_prompt],
