@@ -418,3 +418,15 @@ def test_shipped_pair_greedy_is_token_identical():
     assert torch.equal(spec.candidate_tokens, plain.candidate_tokens)
     assert spec.texts() == plain.texts()
     assert spec.stats["forwards"] < plain.stats["forwards"]
+
+
+def test_longest_allowed_run_fits_the_caches(pair):
+    """Prompt + max_new_tokens + K - 1 == max_seq_len is accepted and runs to the end (every verify
+    position of a row one token short of the budget lies inside both caches); a draft equal to the
+    model accepts every draft it offers."""
+    target, _ = pair
+    K, width = 4, encode_prompts(PROMPTS)[0].shape[1]
+    max_new = target.config.max_seq_len - width - (K - 1)
+    out = best_of_n(target, LogLikelihoodReward(target), PROMPTS, 2, max_new, temperature=0, eos_id=None, draft=target)
+    assert (out.candidate_num_tokens == max_new).all()
+    assert out.stats["acceptance_rate"] == 1.0
