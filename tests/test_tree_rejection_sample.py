@@ -147,6 +147,21 @@ def test_greedy_every_tree_shape_equals_plain_greedy(backend, num_nodes):
         assert tokens[b].tolist() == plain_greedy(count + 1) + [PADDING] * (num_nodes - count)
 
 
+def test_greedy_every_tree_shape_triton():
+    """The Triton kernels on every shape up to 4 nodes, once each (the interpreter is slow)."""
+    generator = torch.Generator().manual_seed(7)
+    longest_path = 0
+    for num_nodes in range(1, 5):
+        parent_arrays = all_parent_arrays(num_nodes)
+        ids, parents, target = greedy_inputs(parent_arrays, generator)
+        probs = random_probs(*ids.shape, GREEDY_VOCAB)
+        got = verify(_run_triton, ids, parents, probs, target, True)
+        expected = verify(_run_reference, ids, parents, probs, target, True)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), num_nodes
+        longest_path = max(longest_path, int(expected[2].max()))
+    assert longest_path >= 2  # the cases do walk down the trees
+
+
 def test_sglang_verify_tree_greedy_case(every_backend):
     """SGLang's verify_tree_greedy test, in this op's layout: its node 0 is the root, so its
     nodes 1..5 are nodes 0..4 here and its target row i is target row i here."""
