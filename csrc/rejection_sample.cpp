@@ -15,6 +15,7 @@
 
 #include "checks.h"
 #include "philox.h"
+#include "rejection_core.h"
 
 namespace specdecode {
 namespace {
@@ -150,59 +151,52 @@ struct VerifyArgs {
   int64_t* num_accepted;  // [B]
 };
 
+// One row of the padded batch as chain::verify_chain's Request (csrc/rejection_core.h holds the
+// chain itself, shared with the ragged op).
+template <typename scalar_t>
+class PaddedRow {
+ public:
+  PaddedRow(const VerifyArgs<scalar_t>& a, int64_t b, std::vector<double>& scratch)
+      : a_(a), b_(b), drafts_(a.draft_ids + b * a.num_drafts), scratch_(scratch) {}
+
+  int64_t draft(int64_t i) const { return drafts_[i]; }
+  bool has_bonus_id() const { return false; }
+  int64_t bonus_id() const { return 0; }
+  int64_t target_argmax(int64_t i) const { return nan_safe_argmax(target_row(i), a_.vocab_size); }
+
+  bool accepts(int64_t i, int64_t x, float u) const {
+    const float p_x = a_.draft_probs ? static_cast<float>(draft_row(i)[x]) : 1.0f;
+    return u * p_x < static_cast<float>(target_row(i)[x]);  // strict: q(x) = 0 never passes
+  }
+
+  int64_t sample(int64_t j, bool residual, float u) const {
+    const scalar_t* q_j = target_row(j);
+    if (residual && a_.draft_probs) {
+      return sample_inverse_cdf(ResidualWeights<scalar_t, true>{q_j, draft_row(j), -1}, a_.vocab_size, u, scratch_);
+    }
+    return sample_inverse_cdf(ResidualWeights<scalar_t, false>{q_j, nullptr, residual ? drafts_[j] : -1},
+                              a_.vocab_size, u, scratch_);
+  }
+
+ private:
+  const scalar_t* target_row(int64_t i) const { return a_.target_probs + b_ * a_.target_stride_b + i * a_.target_stride_k; }
+  const scalar_t* draft_row(int64_t i) const { return a_.draft_probs + b_ * a_.draft_stride_b + i * a_.draft_stride_k; }
+
+  const VerifyArgs<scalar_t>& a_;
+  int64_t b_;
+  const int64_t* drafts_;
+  std::vector<double>& scratch_;
+};
+
 template <typename scalar_t>
 void verify_row(const VerifyArgs<scalar_t>& a, int64_t b, std::vector<double>& scratch) {
-  const int64_t K = a.num_drafts, V = a.vocab_size;
-  const uint64_t seed = static_cast<uint64_t>(a.seeds[a.num_seeds == 1 ? 0 : b]);
-  const uint64_t offset = static_cast<uint64_t>(a.offsets[a.num_offsets == 1 ? 0 : b]);
-  const uint32_t stream_row = a.num_seeds == 1 ? static_cast<uint32_t>(b) : 0u;
-  auto uniform = [&](int64_t slot) {
-    return uniform_from_word(philox_first_word(seed, static_cast<uint32_t>(slot), stream_row,
-                                               static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)));
-  };
-  auto target_row = [&](int64_t i) { return a.target_probs + b * a.target_stride_b + i * a.target_stride_k; };
-  auto draft_row = [&](int64_t i) { return a.draft_probs + b * a.draft_stride_b + i * a.draft_stride_k; };
-  const int64_t* drafts = a.draft_ids + b * K;
-  const bool is_greedy = a.greedy[b];
-
-  int64_t accepted = 0;
-  for (; accepted < K; ++accepted) {
-    const int64_t draft = drafts[accepted];
-    if (draft < 0 || draft >= V) break;  // placeholder: rejected, and nothing after it
-    const scalar_t* q = target_row(accepted);
-    bool accept;
-    if (is_greedy) {
-      accept = draft == nan_safe_argmax(q, V);
-    } else {
-      const float p_x = a.draft_probs ? static_cast<float>(draft_row(accepted)[draft]) : 1.0f;
-      accept = uniform(accepted) * p_x < static_cast<float>(q[draft]);  // strict: q(x) = 0 never passes
-    }
-    if (!accept) break;
-  }
-
-  const scalar_t* q_j = target_row(accepted);
-  int64_t emitted;
-  if (is_greedy) {
-    emitted = nan_safe_argmax(q_j, V);
-  } else {
-    const bool has_draft = accepted < K && drafts[accepted] >= 0 && drafts[accepted] < V;
-    const float u = uniform(K);
-    const ResidualWeights<scalar_t, false> target_only{q_j, nullptr, -1};
-    if (has_draft && a.draft_probs) {
-      emitted = sample_inverse_cdf(ResidualWeights<scalar_t, true>{q_j, draft_row(accepted), -1}, V, u, scratch);
-    } else {
-      emitted = sample_inverse_cdf(ResidualWeights<scalar_t, false>{q_j, nullptr, has_draft ? drafts[accepted] : -1},
-                                   V, u, scratch);
-    }
-    if (emitted < 0 && has_draft) {  // zero residual mass: fall back to the target row
-      emitted = sample_inverse_cdf(target_only, V, u, scratch);
-    }
-    if (emitted < 0) emitted = 0;  // no positive mass anywhere (NaN/zero row): stay in [0, V)
-  }
-
-  int64_t* out = a.token_ids + b * (K + 1);
-  for (int64_t i = 0; i <= K; ++i) out[i] = i < accepted ? drafts[i] : (i == accepted ? emitted : -1);
-  a.num_accepted[b] = accepted;
+  const chain::Stream stream{static_cast<uint64_t>(a.seeds[a.num_seeds == 1 ? 0 : b]),
+                             static_cast<uint64_t>(a.offsets[a.num_offsets == 1 ? 0 : b]),
+                             a.num_seeds == 1 ? static_cast<uint32_t>(b) : 0u};
+  PaddedRow<scalar_t> row(a, b, scratch);
+  const chain::Outcome outcome = chain::verify_chain(row, stream, a.num_drafts, a.vocab_size, a.greedy[b]);
+  chain::write_tokens(a.token_ids + b * (a.num_drafts + 1), row, outcome, a.num_drafts + 1);
+  a.num_accepted[b] = outcome.num_accepted;
 }
 
 bool is_probability_dtype(at::ScalarType dtype) {
