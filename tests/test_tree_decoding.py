@@ -135,9 +135,9 @@ def start_state(target, draft, prompts, spec):
 
 
 @torch.no_grad()
-def node_distributions(model, state, tree):
-    """``[B, T+1, V]`` the model's softmax after each row's prompt (0) and after each node's path,
-    by no-cache forwards."""
+def node_distributions(model, state, tree, temperature: float = 1.0):
+    """``[B, T+1, V]`` the model's softmax (at ``temperature``) after each row's prompt (0) and after
+    each node's path, by no-cache forwards."""
     depths, ancestors = tree.depths, tree.ancestors
     rows = []
     for b in range(state.batch_size):
@@ -145,7 +145,8 @@ def node_distributions(model, state, tree):
         row = []
         for node in range(depths.shape[1]):
             path = [i - 1 for i in range(1, depths.shape[1]) if ancestors[b, node, i]]
-            row.append(model(torch.cat([prompt, tree.tokens[b, path]])[None])[0, -1].double().softmax(-1))
+            logits = model(torch.cat([prompt, tree.tokens[b, path]])[None])[0, -1].double()
+            row.append((logits / temperature).softmax(-1))
         rows.append(torch.stack(row))
     return torch.stack(rows)
 
@@ -168,13 +169,13 @@ def test_static_top_k_children_are_the_drafts_top_k(close_pair):
 @torch.no_grad()
 def test_dynamic_tree_keeps_the_most_likely_paths(close_pair):
     """The kept nodes are closed under ancestors, each is one of its parent's top-k under the draft,
-    and no kept node's path probability is below a generated but dropped one's: checked against
-    path probabilities recomputed by no-cache forwards."""
+    and no kept node's path probability (greedy: under the draft's softmax at the rank temperature)
+    is below a generated but dropped one's: checked against no-cache forwards."""
     target, draft = close_pair
     spec = TreeSpec.dynamic(7, top_k=3, depth=4)
     state = start_state(target, draft, PROMPTS, spec)
     tree = propose_tree(draft, state.caches[1], state, spec, SamplingSettings(0.0))
-    probs = node_distributions(draft, state, tree)
+    probs = node_distributions(draft, state, tree, spec.greedy_rank_temperature)  # greedy ranks by these
     for b in range(4):
         parents = tree.parents[b].tolist()
         assert all(p < i for i, p in enumerate(parents))  # parents first: ancestors are kept
@@ -261,6 +262,7 @@ def test_bad_tree_arguments_name_the_argument(close_pair):
         dict(branching=(2,), children="sorted"),
         dict(node_budget=50, top_k=2, depth=3),
         dict(node_budget=4, top_k=2, depth=3, children="iid"),
+        dict(node_budget=4, top_k=2, depth=3, greedy_rank_temperature=0.0),
     ]:
         with pytest.raises(ValueError, match="tree"):
             TreeSpec(**kwargs)
