@@ -1,6 +1,6 @@
 """Token trees vs chains end to end on the shipped pair: accepted length, tokens/s, verify cost.
 
-    python -m bench.bench_tree_decoding           # batch 1 and 4; chains K = 2..8; trees of 4..64 nodes (~15 min)
+    python -m bench.bench_tree_decoding           # batch 1 and 4; chains K = 2..8; trees of 4..64 nodes (~25 min)
     python -m bench.bench_tree_decoding --quick   # batch 1; K = 4, 8; three trees (~1 min)
 
 One torch thread (``--threads``). In one run, for each batch size, every method decodes the same
@@ -149,7 +149,7 @@ def settings(quick: bool) -> dict:
         "static_branchings": STATIC_BRANCHINGS,
         "dynamic_budgets": DYNAMIC_BUDGETS,
         "max_new_tokens": 128,
-        "repeats": 2,
+        "repeats": 3,
         "node_counts": [1, 3, 5, 9, 17, 33, 65],
         "forward_reps": 20,
     }
