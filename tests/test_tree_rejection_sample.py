@@ -147,12 +147,13 @@ def test_greedy_every_tree_shape_equals_plain_greedy(backend, num_nodes):
         assert tokens[b].tolist() == plain_greedy(count + 1) + [PADDING] * (num_nodes - count)
 
 
-def test_greedy_every_tree_shape_triton():
-    """The Triton kernels on every shape up to 4 nodes, once each (the interpreter is slow)."""
+def test_greedy_every_tree_shape_up_to_3_nodes_triton():
+    """The Triton kernels on every shape up to 3 nodes, once each (the interpreter is slow; the
+    reference and C++ run every shape up to 5 nodes above)."""
     generator = torch.Generator().manual_seed(7)
     longest_path = 0
-    for num_nodes in range(1, 5):
-        parent_arrays = all_parent_arrays(num_nodes)
+    for num_nodes in range(1, 4):
+        parent_arrays = all_parent_arrays(num_nodes) * 2
         ids, parents, target = greedy_inputs(parent_arrays, generator)
         probs = random_probs(*ids.shape, GREEDY_VOCAB)
         got = verify(_run_triton, ids, parents, probs, target, True)
@@ -180,7 +181,7 @@ def test_sglang_verify_tree_greedy_case(every_backend):
     assert accepted.tolist() == [3, 2]
     # SGLang's target-only sampling test at temperature 0.01 (one-hot targets): the same path.
     sharp = torch.softmax(logits / 0.01, -1)
-    for seed in range(4):
+    for seed in range(2):
         assert verify(every_backend, ids, parents, None, sharp, seed=seed)[0].tolist() == tokens.tolist()
 
 
