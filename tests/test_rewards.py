@@ -71,17 +71,30 @@ def test_batch_of_masks_every_prefix_from_the_prompts_last_token():
 
 
 def test_training_separates_two_kinds_of_rows():
-    # Rows ending in byte 1 are "well-formed", rows ending in byte 2 are not: a few steps learn it.
+    # "x = 1\n" is well-formed, "x = 1]\n" is not (a bracket closed that was never opened).
+    rows = [(b"x = 1\n", True), (b"x = 1]\n", False)]
     examples = [
-        train_reward.Example([BOS_ID, 7, 7, last], 2, last == 1, "draft/train") for last in (1, 2) for _ in range(4)
-    ]
+        train_reward.Example([BOS_ID, *text], 2, ok, "draft/train") for text, ok in rows for _ in range(4)
+    ]  # fmt: skip
     tiny = ModelConfig(n_layers=1, dim=16, n_heads=2, n_kv_heads=1, max_seq_len=16)
-    before = train_reward.prefix_loss(RewardModel(tiny, seed=0), examples).item()
+    labels_of = {id(e): train_reward.prefix_labels(e) for e in examples}
+    before = train_reward.prefix_loss(RewardModel(tiny, seed=0), examples, labels_of).item()
     model = train_reward.train(examples, steps=40, batch_size=8, lr=1e-2, seed=0, log=lambda line: None, config=tiny)
-    assert train_reward.prefix_loss(model, examples).item() < before
+    assert train_reward.prefix_loss(model, examples, labels_of).item() < before
     result = train_reward.accuracy(model, examples)
     assert result["finished"]["rows"] == 8 and result["finished"]["accuracy"] == 1.0
-    assert result["finished"]["majority_accuracy"] == 0.5
+    assert result["finished"]["majority_accuracy"] == 0.5 and result["finished"]["auc"] == 1.0
+
+
+def test_prefix_labels_follow_complete_lines():
+    # "x = 1\n" then "y = (1]\n": well-formed until the second newline has been read, then not.
+    text = b"x = 1\ny = (1]\nz"
+    example = train_reward.Example([BOS_ID, *text[:2], *text[2:]], 3, False, "draft/train")
+    labels = train_reward.prefix_labels(example)
+    # Positions 2..15 have read 2..15 bytes (position 16 = all 15 bytes + nothing more).
+    first_broken = len(b"x = 1\ny = (1]\n")  # the position that has read the second newline
+    assert labels == [t < first_broken for t in range(2, len(example.tokens))]
+    assert train_reward.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
 
 
 def test_sampled_prompts_start_a_statement_and_are_well_formed():

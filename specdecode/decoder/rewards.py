@@ -26,9 +26,10 @@ Built in:
   byte-level network). Its score is the logit of "this response, once finished, will be
   well-formed" (``well_formed`` below: it closes what it opens and stays indented consistently),
   trained by ``python -m specdecode.decoder.train_reward`` on the shipped models' own completions,
-  labelled by ``well_formed``. It is trained at every prefix of a response with the label of the
-  finished response, so on a partial response it scores how likely the finished one is to be
-  well-formed -- what Speculative Rejection needs of a partial reward. Training data, recipe and
+  labelled by ``well_formed``. It is trained at every prefix of a response on whether that prefix
+  is well-formed, so it scores a partial response the way it scores a finished one; the property
+  being prefix-closed, a broken prefix means a broken finished response -- what Speculative
+  Rejection needs of a partial reward. Training data, recipe and
   held-out accuracy: ``specdecode/decoder/train_reward.py`` and ``weights/reward_train_log.txt``.
 """
 
