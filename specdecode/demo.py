@@ -458,6 +458,104 @@ def best_of_n_demo(target, quick: bool = False) -> list[dict]:
     return results
 
 
+@one_thread()
+def premise_demo(draft, quick: bool = False) -> list[dict] | None:
+    """Section 4, continued: the setting where Speculative Rejection's premise can hold -- long
+    responses, many candidates, a memory budget and the trained code reward model
+    (``rewards.load_reward_model``). The 0.24M draft decodes (the 22.4M target would take minutes
+    per prompt at this size on a CPU; ``python -m bench.bench_best_of_n`` runs both). Returns the
+    rows (as ``best_of_n_demo``'s, plus ``well_formed``), or None without the reward weights."""
+    from specdecode.decoder.best_of_n import kv_bytes_per_token
+    from specdecode.decoder.rewards import load_reward_model, well_formed
+
+    try:
+        reward = load_reward_model()
+    except FileNotFoundError as error:
+        print(f"4 (cont.). Skipped: {error}\n")
+        return None
+    prompts = DEMO_PROMPTS[:2]
+    max_new, ns, alphas = (128, (8, 32, 128), (0.7, 0.9)) if quick else (256, (16, 64, 256), (0.7, 0.9))
+    big_n = ns[-1]
+    prompt_tokens = sum(len(p.encode()) + 1 for p in prompts)
+    budget = kv_bytes_per_token(draft) * big_n * (prompt_tokens + len(prompts) * (max_new // 8))
+    fits = budget // (kv_bytes_per_token(draft) * (prompt_tokens + len(prompts) * max_new))
+    info = reward.training_info.get("held_out_accuracy", {}).get("draft/val", {}).get("finished", {})
+    print(
+        f"4 (cont.). Where the premise can hold: {len(prompts)} prompts, up to {max_new} new tokens, the draft "
+        "decoding,\n   reward = the trained code reward model (logit of 'the finished response is well-formed'; "
+        "held-out accuracy "
+        f"{info.get('accuracy', float('nan')):.0%}\n   vs {info.get('majority_accuracy', float('nan')):.0%} for the "
+        f"majority label); SpecRej starts {big_n} candidates per prompt in a KV budget where Best-of-N\n"
+        f"   could keep {fits // len(prompts)} per prompt at full length, and prunes whenever the budget is reached"
+    )
+    runs = [(f"Best-of-N, N = {n}", n, None) for n in ns] + [
+        (f"SpecRej, N = {big_n}, alpha = {alpha}", big_n, alpha) for alpha in alphas
+    ]
+    results = []
+    for label, n, alpha in runs:
+        bar = Progress(label, max_new)
+        common = dict(
+            max_new_tokens=max_new,
+            generator=torch.Generator().manual_seed(0),
+            progress=lambda step, live: bar.update(step),
+        )
+        if alpha is None:
+            out = sd.best_of_n(draft, reward, prompts, n, **common)
+        else:
+            out = sd.speculative_rejection(draft, reward, prompts, n, alpha, memory_budget=budget, **common)
+        bar.close()
+        good = sum(well_formed(p + t)[0] for p, t in zip(prompts, out.texts()))
+        results.append(
+            {
+                "label": label,
+                "n": n,
+                "alpha": alpha,
+                "reward": float(out.rewards.mean()),
+                "tokens": out.stats["tokens_generated"],
+                "rounds": len(out.stats["rounds"]),
+                "well_formed": good / len(prompts),
+                "out": out,
+            }
+        )
+    print(
+        f"   {'method (N per prompt)':<30} {'reward':>7} {'well-formed':>11} {'tokens':>7} {'time s':>7} {'rounds':>6}"
+    )
+    for row in results:
+        print(
+            f"   {row['label']:<30} {row['reward']:7.3f} {row['well_formed']:11.0%} {row['tokens']:7d} "
+            f"{row['out'].stats['seconds']:7.2f} {row['rounds']:6d}"
+        )
+    for row in results[len(ns) :]:
+        print("   " + _against_best_of_n(row, results[: len(ns)]))
+    full_run = results[len(ns) - 1]["out"]
+    for loser, winner in losses_at_equal_tokens([(row["reward"], row["tokens"]) for row in results]):
+        print(loss_explanation(results[loser], results[winner], full_run))
+    print(
+        "   (N up to 1024, the target with speculative decoding inside, both rewards: "
+        "python -m bench.bench_best_of_n)\n"
+    )
+    return results
+
+
+def _against_best_of_n(row: dict, best_of_n_rows: list[dict]) -> str:
+    """How ``row`` (a pruned run) compares with the Best-of-N rows: the cheapest one that reaches
+    its reward and the token ratio, or that none does (a loss in reward, said as one)."""
+    reached = [b for b in best_of_n_rows if b["reward"] >= row["reward"]]
+    if not reached:
+        top = max(best_of_n_rows, key=lambda b: b["reward"])
+        return (
+            f"{row['label']}: reward {row['reward']:.2f} is above every Best-of-N row here (best {top['reward']:.2f} "
+            f"with {top['tokens']:,} tokens), with {row['tokens']:,} tokens"
+        )
+    cheapest = min(reached, key=lambda b: b["tokens"])
+    ratio = cheapest["tokens"] / row["tokens"]
+    verdict = "fewer" if ratio > 1 else "MORE (a loss: pruning dropped candidates that would have won)"
+    return (
+        f"{row['label']}: Best-of-N needs {cheapest['label'].split(', ')[1]} ({cheapest['tokens']:,} tokens) to reach "
+        f"its reward {row['reward']:.2f}: {max(ratio, 1 / ratio):.1f}x {verdict} tokens for Speculative Rejection"
+    )
+
+
 def main(quick: bool = False, weights_dir: str | None = None) -> None:
     print(f"specdecode demo (torch {torch.__version__}, {torch.get_num_threads()} CPU threads)\n")
     verification_demo(50_000 if quick else 200_000)
@@ -469,6 +567,7 @@ def main(quick: bool = False, weights_dir: str | None = None) -> None:
     print("(sections 3-4 on 1 CPU thread)\n")
     decoding_demo(target, draft, quick)
     best_of_n_demo(target, quick)
+    premise_demo(draft, quick)
     hugging_face_demo(quick)
 
 
