@@ -182,7 +182,8 @@ def transformer_flops(model, tokens: float, context: float) -> float:
     """Estimated FLOPs of ``tokens`` tokens through ``model`` at mean ``context``: ``2 x params``
     per token (the matmuls) plus attention, ``4 x layers x dim x context`` per token."""
     c = model.config
-    return tokens * (2 * model.num_parameters() + 4 * c.n_layers * c.dim * context)
+    params = sum(p.numel() for p in model.parameters())
+    return tokens * (2 * params + 4 * c.n_layers * c.dim * context)
 
 
 class CountingReward:
