@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from devices import launcher
 
 import specdecode as sd
-from specdecode.kernels.compact_kv import compact_kv_ as triton_compact_kv_
-from specdecode.kernels.rejection_sample import rejection_sample as triton_rejection_sample
 from specdecode.reference import rejection_sample as reference
 
 raw = torch.ops.specdecode
+# The Triton launchers on the test device (tests/devices.py: CPU + interpreter, or CUDA).
+triton_rejection_sample = launcher("rejection_sample", "rejection_sample")
+triton_compact_kv_ = launcher("compact_kv", "compact_kv_")
 
 
 @dataclass

@@ -10,10 +10,14 @@ import itertools
 
 import pytest
 import torch
+from devices import launcher
 
 import specdecode as sd
-from specdecode.kernels.compact_kv import compact_kv_ as triton_compact_kv_
 from specdecode.reference.compact_kv import compact_kv as reference_compact
+
+# The Triton launcher on the test device (tests/devices.py); in place, so the caller's CPU tensor is
+# compacted either way.
+triton_compact_kv_ = launcher("compact_kv", "compact_kv_")
 
 
 def cpp_compact(data, kept_indices, batch_dim):

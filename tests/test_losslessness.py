@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import COMPILED, launcher
 from stats import assert_fits
 
 import specdecode as sd
-from specdecode.kernels import rejection_sample as triton_rs
 from specdecode.reference import rejection_sample as ref
 from specdecode.stats import chi2_sf, chi_square
 
@@ -29,6 +29,10 @@ FALSE_ALARM = 1e-4
 VOCAB = 16  # narrow, so biases of a few percent per token are resolved
 NUM_DRAFTS = 3
 NUM_ROWS = 120_000
+# The Triton launcher on the test device (tests/devices.py); compiled on a GPU, it also runs the
+# full-size statistical tests.
+triton_rejection_sample = launcher("rejection_sample", "rejection_sample")
+VERIFIERS = ["cpp", "reference"] + (["triton"] if COMPILED else [])
 
 
 def make_pair(case: str, seed: int = 0):
@@ -64,7 +68,7 @@ def run(verifier: str, draft_ids, draft_probs, target, seed):
     if verifier == "reference":
         out = ref.rejection_sample(draft_ids, draft, target.contiguous(), greedy, seeds, offsets)
         return out.token_ids, out.num_accepted
-    return triton_rs.rejection_sample(draft_ids, draft, target, greedy, seeds, offsets)
+    return triton_rejection_sample(draft_ids, draft, target, greedy, seeds, offsets)
 
 
 def assert_every_position_follows_target(token_ids, num_accepted, target, label):
@@ -77,7 +81,7 @@ def assert_every_position_follows_target(token_ids, num_accepted, target, label)
 
 
 @pytest.mark.parametrize("case", ["random", "adversarial", "one-hot", "bf16"])
-@pytest.mark.parametrize("verifier", ["cpp", "reference"])
+@pytest.mark.parametrize("verifier", VERIFIERS)
 def test_output_follows_target(verifier, case):
     draft_probs, target, proposal = make_pair(case)
     draft_ids = sample_drafts(proposal, NUM_ROWS, seed=1)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import launcher
 
 import specdecode as sd
 from specdecode import core
-from specdecode.kernels import rejection_sample as triton_rs
 from specdecode.reference import rejection_sample as ref
+
+# The Triton launcher on the test device (tests/devices.py: CPU + interpreter, or CUDA).
+triton_rejection_sample = launcher("rejection_sample", "rejection_sample")
 
 # A seed whose first uniform (slot 0, row 0, offset 0) is exactly 0.0: found by search, and
 # re-checked in test_zero_uniform_never_accepts_zero_probability so it cannot go stale.
@@ -29,7 +32,7 @@ def _run_cpp(*args, block_v=None):
 
 
 def _run_triton(*args, block_v=None):
-    return triton_rs.rejection_sample(*args, block_v=block_v)
+    return triton_rejection_sample(*args, block_v=block_v)
 
 
 BACKENDS = {"reference": _run_reference, "cpp": _run_cpp, "triton": _run_triton}

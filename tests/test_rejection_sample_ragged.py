@@ -11,16 +11,18 @@ import itertools
 
 import pytest
 import torch
+from devices import launcher
 from stats import assert_fits
 from test_bad_input import Case, check_case
 
 import specdecode as sd
-from specdecode.kernels import rejection_sample_ragged as triton_ragged
 from specdecode.reference import rejection_sample_ragged as ref
 from specdecode.stats import chi2_sf, chi_square
 
 PLACEHOLDER_TOKEN_ID = -1
 raw = torch.ops.specdecode
+# The Triton launcher on the test device (tests/devices.py: CPU + interpreter, or CUDA).
+triton_rejection_sample_ragged = launcher("rejection_sample_ragged", "rejection_sample_ragged")
 
 
 def _run_reference(*args):
@@ -32,7 +34,7 @@ def _run_cpp(*args):
 
 
 def _run_triton(*args):
-    return triton_ragged.rejection_sample_ragged(*args)
+    return triton_rejection_sample_ragged(*args)
 
 
 BACKENDS = {"reference": _run_reference, "cpp": _run_cpp, "triton": _run_triton}

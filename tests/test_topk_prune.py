@@ -6,12 +6,14 @@ from fractions import Fraction
 
 import pytest
 import torch
+from devices import launcher
 
 import specdecode as sd
 from specdecode import core
-from specdecode.kernels.topk_prune import topk_prune as triton_topk_prune
 from specdecode.reference import topk_prune as ref
 
+# The Triton launcher on the test device (tests/devices.py: CPU + interpreter, or CUDA).
+triton_topk_prune = launcher("topk_prune", "topk_prune")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -16,10 +16,10 @@ import itertools
 
 import pytest
 import torch
+from devices import COMPILED, launcher
 from stats import assert_fits
 
 import specdecode as sd
-from specdecode.kernels import tree_rejection_sample as triton_tree
 from specdecode.reference import rejection_sample as chain_ref
 from specdecode.reference import tree_rejection_sample as ref
 from specdecode.stats import chi2_sf, chi_square
@@ -29,6 +29,10 @@ ROOT = ref.ROOT  # parents[i] == ROOT: node i hangs off the root
 FALSE_ALARM = 1e-4
 # A seed whose first uniform (slot 0, row 0, offset 0) is exactly 0.0 (see test_rejection_sample.py).
 SEED_WITH_ZERO_UNIFORM = 12121362
+# The Triton launcher on the test device (tests/devices.py: CPU + interpreter, or CUDA). Compiled on
+# a GPU it is fast, so it joins the behavioural and the long statistical cases there.
+triton_tree_rejection_sample = launcher("tree_rejection_sample", "tree_rejection_sample")
+COMPILED_TRITON = ["triton"] if COMPILED else []
 
 
 def _run_reference(*args, block_v=None):
@@ -40,13 +44,13 @@ def _run_cpp(*args, block_v=None):
 
 
 def _run_triton(*args, block_v=None):
-    return triton_tree.tree_rejection_sample(*args, block_v=block_v)
+    return triton_tree_rejection_sample(*args, block_v=block_v)
 
 
 BACKENDS = {"reference": _run_reference, "cpp": _run_cpp, "triton": _run_triton}
 
 
-@pytest.fixture(params=["reference", "cpp"])
+@pytest.fixture(params=["reference", "cpp", *COMPILED_TRITON])
 def backend(request):
     """The backends every behavioural case runs on. The Triton interpreter costs ~50 ms per row
     here, so Triton runs the cases marked with ``every_backend`` (each of its code paths) and
@@ -433,7 +437,7 @@ def test_first_two_tokens_follow_target(case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", STAT_CASES)
-@pytest.mark.parametrize("name", ["reference", "cpp"])  # Triton: equal to the reference (exact tests)
+@pytest.mark.parametrize("name", ["reference", "cpp", *COMPILED_TRITON])  # interpreted Triton: exact tests
 def test_first_two_tokens_follow_target_many_trials(name, case):
     models, tokens, accepted = run_stat_case(BACKENDS[name], case, 400_000, seed=2)
     assert_first_two_tokens_follow_target(models, tokens, accepted, f"{name}/{case}", min_count=5000)
