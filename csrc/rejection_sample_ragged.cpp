@@ -34,12 +34,14 @@ constexpr const char* kOp = "rejection_sample_ragged";
 
 // exp(x) for x <= 0 (softmax arguments), written so that `omp simd` vectorises it (std::exp
 // does not vectorise without -ffast-math): 2^n * poly(r) with r = x - n ln 2, |r| <= ln 2 / 2, a
-// degree-6 Taylor polynomial (relative error below 2e-7). exp(-inf) (masked logits) is exactly 0;
+// degree-6 Taylor polynomial (relative error below 2.3e-7, measured on [-87, 0]). exp(-inf) (masked logits) is exactly 0;
 // NaN stays NaN.
 inline float exp_nonpositive(float x) {
   constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding then subtracting it rounds to an integer
   const float clamped = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(clamped * kLog2e + 0.5f);
+  // Not std::floor / std::nearbyint: without SSE4.1 they are calls, which stop the vectoriser.
+  const float n = (clamped * kLog2e + kRound) - kRound;
   const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
   float poly = 1.0f / 720.0f;
   poly = poly * r + 1.0f / 120.0f;
