@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.specdecode-installed
 BUILD_INPUTS := setup.py $(wildcard csrc/*.cpp csrc/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-asan test-vllm bench lint format setup clean
+.PHONY: demo test test-slow test-asan test-vllm gpu-check gpu-check-dry bench lint format setup clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,19 @@ $(VLLM_STAMP): $(BUILD_INPUTS) pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	SPECDECODE_TEST_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q tests/vllm $(PYTEST_ARGS)
+
+# The GPU validation kit (bench/gpu_check.py), for a machine with a CUDA GPU: .venv-gpu with the pinned
+# torch + Triton from PyPI (the CUDA build on Linux x86_64) and the peers (FlashInfer, vLLM, sgl-kernel)
+# where they install, then the kernel tests on CUDA tensors with compiled Triton kernels, the benchmarks
+# and one report (bench/out/gpu_check/<time>/report.md + .json). GPU_CHECK_ARGS=--quick: the short run.
+# gpu-check-dry runs the same script on the CPU with the Triton interpreter (no install); CI runs it.
+GPU_CHECK_ARGS ?=
+
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry: $(STAMP)
+	$(PYTHON) bench/gpu_check.py --dry-run $(GPU_CHECK_ARGS)
 
 # The benchmarks and the report (bench/out/); the `bench` extra adds matplotlib (figures) and
 # transformers (the Hugging Face baseline column).
