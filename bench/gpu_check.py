@@ -121,7 +121,7 @@ def setup_stage(args: argparse.Namespace) -> int:
         log(f"dry run: {setup['dry_run']}")
     else:
         python, setup = setup_venv(os.path.join(REPO, args.venv))
-        peers = install_peers(python, timeout=120 if args.quick else 300)
+        peers = install_peers(python, timeout=90 if args.quick else 180)
     setup.update(seconds=time.time() - started, peers=peers)
     with open(os.path.join(out_dir, "setup.json"), "w") as f:
         json.dump(setup, f, indent=1)
@@ -185,9 +185,10 @@ def run_tests(out_dir: str, device: str, dry_run: bool, quick: bool) -> dict:
         return summary
     for case in ElementTree.parse(junit).iter("testcase"):
         module = case.get("classname", "?").split(".")[-1]
-        counts = summary["modules"].setdefault(module, {"passed": 0, "failed": 0, "skipped": 0})
+        counts = summary["modules"].setdefault(module, {"passed": 0, "failed": 0, "skipped": 0, "triton_passed": 0})
         outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
         counts[{"failure": "failed", "error": "failed"}.get(outcome, outcome)] += 1
+        counts["triton_passed"] += outcome == "passed" and "triton" in case.get("name", "")
         if outcome in ("failure", "error"):
             message = next(child for child in case if child.tag == outcome).get("message", "")
             summary["failures"].append(f"{module}::{case.get('name')}: {message[:300]}")
@@ -242,8 +243,10 @@ def markdown_report(report: dict) -> str:
         f"`{tests['command']}` ({tests['seconds']:.0f} s)",
         "",
     ]
-    rows = [[m, c["passed"], c["failed"], c["skipped"]] for m, c in sorted(tests["modules"].items())]
-    lines += [markdown_table(["module", "passed", "failed", "skipped"], rows), ""]
+    rows = [
+        [m, c["passed"], c["failed"], c["skipped"], c["triton_passed"]] for m, c in sorted(tests["modules"].items())
+    ]
+    lines += [markdown_table(["module", "passed", "failed", "skipped", "passed with triton in the id"], rows), ""]
     lines += [f"- {failure}" for failure in tests["failures"]] + [""]
     lines += ["## Benchmarks", "", f"Device {bench['device']}: copy bandwidth {bench['copy_GBs']:.0f} GB/s measured"]
     lines += [f"(read + write), datasheet {_fmt(bench['datasheet_TBs'])} TB/s. Peers:", ""]

@@ -185,11 +185,16 @@ def verifier_rows(device, shapes, reps, peers, copy_gbs, sheet_tbs, log: Log) ->
             elem = target.element_size()
             out = sd.rejection_sample(ids, draft, target, seed=0)
             ms = time_ms(lambda: sd.rejection_sample(ids, draft, target, seed=0), device, reps)
+            greedy, seeds = torch.zeros(batch, dtype=torch.bool, device=device), out.token_ids.new_zeros(1)
+            kernel_ms = None  # the Triton launcher alone, without the wrapper's checks (CUDA only)
+            if device.type == "cuda":
+                launch = importlib.import_module("specdecode.kernels.rejection_sample").rejection_sample
+                kernel_ms = time_ms(lambda: launch(ids, draft, target, greedy, seeds, seeds), device, reps)
             acceptance = float(out.num_accepted.float().mean()) / num_drafts
             model = rejection_designs(batch, num_drafts, vocab, elem, min(acceptance, 0.999))
             must_read = must_read_bytes(out.num_accepted.cpu(), num_drafts, vocab, elem)
             row = {"op": "rejection_sample", "B": batch, "K": num_drafts, "V": vocab, "dtype": str(dtype)[6:]}
-            row.update(specdecode_ms=ms, acceptance=acceptance, must_read_bytes=must_read)
+            row.update(specdecode_ms=ms, triton_launcher_ms=kernel_ms, acceptance=acceptance, must_read_bytes=must_read)
             row.update(model_min_bytes=model[0].bytes, model_specdecode_bytes=model[1].bytes)
             row.update(_bandwidth(must_read, ms, copy_gbs, sheet_tbs))
             for name, verify in peers.items():
