@@ -134,11 +134,34 @@ def _peer_vllm() -> Callable:
 
 
 def _peer_sgl_kernel() -> Callable:
-    importlib.import_module("sgl_kernel")
-    raise NotImplementedError(
-        "sgl_kernel imports; its tree verification (tree_speculative_sampling_target_only) takes"
-        " SGLang's retrieve-index tree layout, which this check does not build yet"
-    )
+    # SGLang's tree verifier on a chain-shaped tree: node 0 is the last verified token (the root),
+    # node i + 1 the i-th draft, each node's only child the next one; flat node i of row b is
+    # b * (K + 1) + i. Its outputs are written in place into the int32 buffers made here.
+    import inspect
+
+    verify_tree = importlib.import_module("sgl_kernel").tree_speculative_sampling_target_only
+    two_uniform_sets = "uniform_samples_for_final_sampling" in inspect.signature(verify_tree).parameters
+
+    def verify(draft_ids, draft_probs, target_probs):
+        batch, num_drafts = draft_ids.shape
+        nodes, device = num_drafts + 1, draft_ids.device
+        candidates = torch.cat([torch.zeros_like(draft_ids[:, :1]), draft_ids], 1)
+        flat = torch.arange(batch * nodes, device=device).view(batch, nodes)
+        next_token = torch.arange(1, nodes + 1, device=device).expand(batch, nodes).contiguous()
+        next_token[:, -1] = -1
+        no_sibling = torch.full((batch, nodes), -1, dtype=torch.int64, device=device)
+        uniforms = torch.rand(batch, nodes, device=device)
+        draft = torch.cat([draft_probs, draft_probs[:, -1:]], 1)  # a row per node, as it expects
+        outputs = (
+            torch.empty(batch * nodes, dtype=torch.int32, device=device),
+            torch.empty(batch, nodes, dtype=torch.int32, device=device),
+            torch.empty(batch, dtype=torch.int32, device=device),
+        )
+        final = (torch.rand(batch, device=device),) if two_uniform_sets else ()
+        verify_tree(*outputs, candidates, flat, next_token, no_sibling, uniforms, *final, target_probs, draft)
+        return outputs
+
+    return verify
 
 
 PEERS = {  # name -> (package to pip install, adapter factory)
@@ -154,14 +177,13 @@ def load_peers(install_status: dict[str, str], log: Log) -> tuple[dict[str, Call
     verifiers, status = {}, {}
     for name, (package, factory) in PEERS.items():
         installed = install_status.get(name, "not installed (dry run)")
-        if not installed.startswith("installed"):
-            status[name] = f"{package}: {installed}"
-            continue
-        try:
-            verifiers[name] = factory()
-            status[name] = f"{package}: {installed}; imported"
-        except Exception as error:  # any import or adapter failure is the peer's status, not a crash
-            status[name] = f"{package}: {installed}; not usable: {type(error).__name__}: {error}"
+        status[name] = f"{package}: {installed}"
+        if installed.startswith("installed"):
+            try:
+                verifiers[name] = factory()
+                status[name] += "; imported"
+            except Exception as error:  # any import or adapter failure is the peer's status, not a crash
+                status[name] += f"; not usable: {type(error).__name__}: {error}"
         log(f"  peer {name}: {status[name]}")
     return verifiers, status
 
