@@ -3,7 +3,8 @@
 ``make gpu-check`` runs the Triton tests on CUDA tensors by setting ``SPECDECODE_TEST_DEVICE``; a
 test that imported a launcher directly would silently keep running on the CPU there. So: no test
 module imports a kernel module (the parse tree is read, function-level imports included), every
-kernel module is reached through ``devices.launcher``, and the mirror that moves arguments to the
+kernel module is reached through ``devices.launcher``, the GPU check runs every module that
+launches one, and the mirror that moves arguments to the
 device keeps layouts, aliasing and in-place results.
 """
 
@@ -169,3 +170,12 @@ def sd_on_device(in_place: bool = False):
             return on_device(getattr(sd, name), TEST_DEVICE, in_place)
 
     return _OnDevice()
+
+
+def test_the_gpu_check_runs_every_module_that_launches_a_kernel():
+    from bench.gpu_check import KERNEL_TEST_FILES
+
+    launching = {
+        f"tests/{p.relative_to(TESTS_DIR)}" for p in _test_modules() if _launcher_calls(ast.parse(p.read_text()))
+    }
+    assert launching <= set(KERNEL_TEST_FILES), f"add to bench/gpu_check.py: {launching - set(KERNEL_TEST_FILES)}"
