@@ -4,8 +4,8 @@
 test that imported a launcher directly would silently keep running on the CPU there. So: no test
 module imports a kernel module (the parse tree is read, function-level imports included), every
 kernel module is reached through ``devices.launcher``, the GPU check runs every module that
-launches one, and the mirror that moves arguments to the
-device keeps layouts, aliasing and in-place results.
+launches one, and the mirror that moves arguments to the device keeps layouts, aliasing and
+in-place results.
 """
 
 from __future__ import annotations
