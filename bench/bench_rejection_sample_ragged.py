@@ -9,8 +9,9 @@ Inputs as vLLM's V1 sampler hands them to its module-level ``rejection_sample``:
 (``K`` per request), target logits ``[N, V]`` float32 (already divided by the temperature, as
 vLLM does before the verifier), draft probabilities ``[N, V]`` (none for n-gram), bonus ids
 ``[B, 1]``. Draft logits are the target's plus noise, so about half the drafts are accepted in
-random mode. Modes: ``greedy`` (every request T = 0), ``random`` (T = 1), ``mixed`` (half each),
-``ngram`` (random, one-hot drafts). Contenders, on identical inputs in one run:
+random mode; greedy drafts are the draft's argmax. Modes: ``greedy`` (every request T = 0),
+``random`` (T = 1), ``mixed`` (half each), ``ngram`` (random, one-hot drafts). Contenders, on
+identical inputs in one run:
 
 - ``specdecode`` -- ``sd.rejection_sample_ragged`` from logits (softmax inside the kernel).
 - ``softmax_then_verify`` -- ``torch.softmax`` of the logits into a new ``[N, V]`` buffer, then the
@@ -47,8 +48,9 @@ def make_inputs(batch: int, num_drafts: int, vocab: int, mode: str, seed: int = 
     draft_probs = torch.softmax(target_logits + torch.randn(num_tokens, vocab, generator=gen) * 0.5, -1)
     draft_ids = torch.multinomial(draft_probs, 1, generator=gen).flatten()
     temperature = torch.ones(batch)
-    if mode == "greedy":
+    if mode == "greedy":  # a greedy draft model proposes its argmax
         temperature.zero_()
+        draft_ids = draft_probs.argmax(-1)
     elif mode == "mixed":
         temperature[::2] = 0.0
     return dict(
@@ -171,7 +173,7 @@ def settings(quick: bool) -> dict:
     """``run``'s arguments for the full grid or ``--quick``."""
     if quick:
         return {"shapes": SHAPES[:3:2], "modes": ("greedy", "random"), "min_reps": 3, "min_seconds": 0.1}
-    return {"shapes": SHAPES, "modes": MODES, "min_reps": 5, "min_seconds": 0.5}
+    return {"shapes": SHAPES, "modes": MODES, "min_reps": 3, "min_seconds": 0.3}
 
 
 def run(
