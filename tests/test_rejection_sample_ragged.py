@@ -747,3 +747,18 @@ def test_torch_compile_fullgraph_matches_eager():
     eager = step(*args)
     compiled = torch.compile(step, fullgraph=True)(*args)
     assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+
+
+@pytest.mark.slow
+def test_triton_kernel_streams_with_16_byte_loads():
+    """Compiled for sm_80, sm_90 and gfx942 (no GPU needed): no spills, and 16-byte vector loads on
+    the streaming loops -- except gfx942 when both rows are 16-bit, where 2048-lane tiles over 512
+    lanes of a 64-wide wavefront give 8-byte loads (docs/ops.md says so)."""
+    from specdecode.kernels._aot import compile_in_subprocess
+
+    results = compile_in_subprocess(name_filter="rejection_sample_ragged[V=128256")
+    assert len(results) == 12 and all(r["ok"] for r in results), results
+    assert not [r for r in results if r["spills"]]
+    narrow = [r for r in results if r["widest_load"] < 16]
+    assert [(r["name"], r["target"]) for r in narrow] == [("rejection_sample_ragged[V=128256,probs-bf16]", "gfx942")]
+    assert all(r["widest_load"] >= 8 for r in narrow)
