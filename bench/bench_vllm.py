@@ -150,13 +150,16 @@ def run_engine(request: dict, plugin: str, workdir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", SPECDECODE_VLLM_PLUGIN=plugin)
     script = REPO / "tests" / "vllm" / "engine_run.py"
-    subprocess.run(
-        [sys.executable, str(script), str(request_path), str(result_path)],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    output_path = workdir / f"{plugin}.log"
+    with open(output_path, "w") as output:
+        finished = subprocess.run(
+            [sys.executable, str(script), str(request_path), str(result_path)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    if finished.returncode != 0:
+        raise RuntimeError(f"the engine failed ({finished.returncode}):\n{output_path.read_text()[-3000:]}")
     return json.loads(result_path.read_text())
 
 
