@@ -539,7 +539,8 @@ def premise_demo(draft, quick: bool = False) -> list[dict] | None:
 
 def _against_best_of_n(row: dict, best_of_n_rows: list[dict]) -> str:
     """How ``row`` (a pruned run) compares with the Best-of-N rows: the cheapest one that reaches
-    its reward and the token ratio, or that none does (a loss in reward, said as one)."""
+    its reward and the token ratio (a range: Best-of-N's cost at that reward lies between that row
+    and the next cheaper one), a loss said as one, or that none reaches it."""
     reached = [b for b in best_of_n_rows if b["reward"] >= row["reward"]]
     if not reached:
         top = max(best_of_n_rows, key=lambda b: b["reward"])
@@ -548,11 +549,21 @@ def _against_best_of_n(row: dict, best_of_n_rows: list[dict]) -> str:
             f"with {top['tokens']:,} tokens), with {row['tokens']:,} tokens"
         )
     cheapest = min(reached, key=lambda b: b["tokens"])
+    below = [b for b in best_of_n_rows if b["tokens"] < cheapest["tokens"]]
     ratio = cheapest["tokens"] / row["tokens"]
-    verdict = "fewer" if ratio > 1 else "MORE (a loss: pruning dropped candidates that would have won)"
+    if ratio <= 1:
+        return (
+            f"{row['label']}: Best-of-N reaches its reward {row['reward']:.2f} with {cheapest['tokens']:,} tokens "
+            f"({cheapest['label'].split(', ')[1]}), {1 / ratio:.1f}x FEWER than it used -- a loss: pruning dropped "
+            "candidates that would have won"
+        )
+    # Between two rows of the grid: Best-of-N's true cost at this reward lies between them.
+    low = max(b["tokens"] for b in below) / row["tokens"] if below else None
+    span = f"between {low:.1f}x and {ratio:.1f}x" if low is not None and low < ratio else f"{ratio:.1f}x"
     return (
-        f"{row['label']}: Best-of-N needs {cheapest['label'].split(', ')[1]} ({cheapest['tokens']:,} tokens) to reach "
-        f"its reward {row['reward']:.2f}: {max(ratio, 1 / ratio):.1f}x {verdict} tokens for Speculative Rejection"
+        f"{row['label']}: the cheapest Best-of-N here that reaches its reward {row['reward']:.2f} is "
+        f"{cheapest['label'].split(', ')[1]} ({cheapest['tokens']:,} tokens): Best-of-N needs {span} the tokens "
+        "Speculative Rejection used (the lower figure if the next smaller N just missed that reward)"
     )
 
 
