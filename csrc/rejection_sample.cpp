@@ -43,9 +43,17 @@ struct ResidualWeights {
     if (one_hot_id >= begin && one_hot_id < end) return exact_sum(begin, end);
     // `omp simd reduction` allows the lane-wise (reassociated) float sum that plain -O3 will not
     // do; with at most kScanBlock / 4 terms per lane the block sum is within ~2e-6 relative.
+    // The row pointers are copied to locals: read through `this` inside the loop, GCC keeps the
+    // loop scalar in some inlining contexts (seen when this moved behind chain::verify_chain: 6x).
+    const scalar_t* const q_row = q;
+    const scalar_t* const p_row = p;
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t v = begin; v < end; ++v) sum += positive_part(difference(v));
+    for (int64_t v = begin; v < end; ++v) {
+      float diff = static_cast<float>(q_row[v]);
+      if constexpr (kDense) diff -= static_cast<float>(p_row[v]);
+      sum += positive_part(diff);
+    }
     // Finite weights near float32's maximum (unnormalised rows) can overflow a float sum to inf;
     // then sum this block again in double, which cannot overflow (the reference sums in float64).
     if (std::isinf(sum)) return exact_sum(begin, end);
