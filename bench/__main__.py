@@ -34,15 +34,18 @@ from bench.report import OUT_DIR, Section, load_rows, rows_path, write_report
 
 SECTIONS = {  # name: the module that runs and renders it, in the report's order
     "rejection_sample": "bench.bench_rejection_sample",
+    "rejection_sample_ragged": "bench.bench_rejection_sample_ragged",
+    "tree_rejection_sample": "bench.bench_tree_rejection_sample",
     "topk_prune": "bench.bench_topk_prune",
     "compact_kv": "bench.bench_compact_kv",
     "gpu": "bench.gpu_report",
     "seed": "bench.seed_experiment",
     "e2e": "bench.bench_e2e",
+    "tree_decoding": "bench.bench_tree_decoding",
     "best_of_n": "bench.bench_best_of_n",
 }
 ALIASES = {
-    "ops": ["rejection_sample", "topk_prune", "compact_kv"],
+    "ops": ["rejection_sample", "rejection_sample_ragged", "tree_rejection_sample", "topk_prune", "compact_kv"],
     "verifier": ["rejection_sample"],
     "pruning": ["topk_prune"],
     "compaction": ["compact_kv"],

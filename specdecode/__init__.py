@@ -24,6 +24,7 @@ from specdecode.decoder.best_of_n import (
     speculative_rejection,
 )
 from specdecode.decoder.generate import default_dtypes, generate, load_pretrained, speculative_generate
+from specdecode.decoder.tree import TreeSpec
 from specdecode.ops.compact_kv import KVCacheCompactor, compact_kv_cache_
 from specdecode.ops.rejection_sample import RejectionSampler, rejection_sample
 from specdecode.ops.rejection_sample_ragged import RaggedRejectionSampler, rejection_sample_ragged
@@ -54,6 +55,7 @@ __all__ = [
     "KVCacheCompactor",
     "generate",
     "speculative_generate",
+    "TreeSpec",
     "load_pretrained",
     "default_dtypes",
     "best_of_n",

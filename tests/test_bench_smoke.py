@@ -391,7 +391,14 @@ def test_section_markdown_terminal_and_report(tmp_path):
 
 def test_choose_sections_and_aliases():
     assert runner.choose([]) == list(runner.SECTIONS)
-    assert runner.choose(["spr", "ops", "topk_prune"]) == ["best_of_n", "rejection_sample", "topk_prune", "compact_kv"]
+    assert runner.choose(["spr", "ops", "topk_prune"]) == [
+        "best_of_n",
+        "rejection_sample",
+        "rejection_sample_ragged",
+        "tree_rejection_sample",
+        "topk_prune",
+        "compact_kv",
+    ]
     with pytest.raises(ValueError, match="unknown section 'nope'"):
         runner.choose(["nope"])
 
