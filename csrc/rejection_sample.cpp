@@ -16,13 +16,14 @@
 #include "checks.h"
 #include "philox.h"
 #include "rejection_core.h"
+#include "sampling.h"
 
 namespace specdecode {
 namespace {
 
-// The inverse-CDF scan works on blocks: one streaming pass stores block sums, then the search
-// walks block sums and re-reads a single block, so a row is read about once, not twice.
-constexpr int64_t kScanBlock = 128;
+// The blockwise inverse-CDF sampler and the NaN-safe argmax are shared with the tree verifier.
+using sampling::nan_safe_argmax;
+using sampling::sample_inverse_cdf;
 
 // w(v) = max(0, q(v) - p(v) - [v == one_hot_id]), NaN -> 0: the dense draft row p only when
 // kDense (a compile-time switch, so the streaming loop has no branch on it); one_hot_id >= 0 for
@@ -42,7 +43,7 @@ struct ResidualWeights {
   double block_sum(int64_t begin, int64_t end) const {
     if (one_hot_id >= begin && one_hot_id < end) return exact_sum(begin, end);
     // `omp simd reduction` allows the lane-wise (reassociated) float sum that plain -O3 will not
-    // do; with at most kScanBlock / 4 terms per lane the block sum is within ~2e-6 relative.
+    // do; with at most sampling::kScanBlock / 4 terms per lane the block sum is within ~2e-6 relative.
     // The row pointers are copied to locals: read through `this` inside the loop, GCC keeps the
     // loop scalar in some inlining contexts (seen when this moved behind chain::verify_chain: 6x).
     const scalar_t* const q_row = q;
@@ -73,77 +74,6 @@ struct ResidualWeights {
   }
   static float positive_part(float diff) { return diff > 0.0f ? diff : 0.0f; }  // NaN -> 0
 };
-
-template <typename Weights>
-int64_t last_positive_in(const Weights& weight, int64_t begin, int64_t end) {
-  for (int64_t v = end - 1; v >= begin; --v) {
-    if (weight(v) > 0.0f) return v;
-  }
-  return -1;
-}
-
-// The smallest v with w(v) > 0 and cumsum(w)(v) > u * sum(w); -1 if sum(w) is not positive.
-template <typename Weights>
-int64_t sample_inverse_cdf(const Weights& weight, int64_t vocab_size, float u, std::vector<double>& block_sums) {
-  const int64_t num_blocks = (vocab_size + kScanBlock - 1) / kScanBlock;
-  block_sums.resize(num_blocks);
-  double total = 0.0;
-  for (int64_t block = 0; block < num_blocks; ++block) {
-    block_sums[block] = weight.block_sum(block * kScanBlock, std::min(vocab_size, (block + 1) * kScanBlock));
-    total += block_sums[block];
-  }
-  if (!(total > 0.0)) return -1;  // zero or NaN mass
-  const double threshold = static_cast<double>(u) * total;
-  double running = 0.0;
-  for (int64_t block = 0; block < num_blocks; ++block) {
-    const int64_t begin = block * kScanBlock, end = std::min(vocab_size, begin + kScanBlock);
-    if (running + block_sums[block] > threshold) {
-      for (int64_t v = begin; v < end; ++v) {
-        const float w = weight(v);
-        running += w;
-        if (w > 0.0f && running > threshold) return v;
-      }
-      // The in-block sum rounded below the block sum: the block still holds the sample.
-      return last_positive_in(weight, begin, end);
-    }
-    running += block_sums[block];
-  }
-  // Rounding put the threshold past the last block: take the last positive weight.
-  for (int64_t block = num_blocks - 1; block >= 0; --block) {
-    if (block_sums[block] > 0.0) {
-      return last_positive_in(weight, block * kScanBlock, std::min(vocab_size, (block + 1) * kScanBlock));
-    }
-  }
-  return -1;
-}
-
-inline float nan_to_neg_inf(float value) {
-  return value == value ? value : -std::numeric_limits<float>::infinity();
-}
-
-// First index of the maximum, NaN counted as -inf (so 0 when there is no number). One pass of
-// vectorised block maxima; a block is rescanned for its first maximum only when it beats the
-// best so far (strict '>': on ties the earlier block wins).
-template <typename scalar_t>
-int64_t nan_safe_argmax(const scalar_t* row, int64_t vocab_size) {
-  float best = -std::numeric_limits<float>::infinity();
-  int64_t best_id = 0;
-  for (int64_t begin = 0; begin < vocab_size; begin += kScanBlock) {
-    const int64_t end = std::min(vocab_size, begin + kScanBlock);
-    float block_max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : block_max)
-    for (int64_t v = begin; v < end; ++v) {
-      const float value = nan_to_neg_inf(static_cast<float>(row[v]));
-      block_max = value > block_max ? value : block_max;
-    }
-    if (block_max > best) {
-      best = block_max;
-      best_id = begin;
-      while (nan_to_neg_inf(static_cast<float>(row[best_id])) != block_max) ++best_id;
-    }
-  }
-  return best_id;
-}
 
 template <typename scalar_t>
 struct VerifyArgs {
