@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from specdecode.core import RejectionOutput, check_same_device, is_int
+from specdecode.core import RejectionOutput, check_same_device
+from specdecode.ops.arguments import (
+    ID_DTYPES,
+    PROB_DTYPES,
+    as_greedy_mask,
+    check_probability_values,
+    check_tensor,
+    per_row_int64,
+    seeds_from,
+    unit_stride_in_vocab,
+)
 
 __all__ = ["rejection_sample", "RejectionSampler", "RejectionOutput"]
 
-_PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_ID_DTYPES = (torch.int32, torch.int64)
-_SEED_RANGE = 2**62  # seeds drawn from a generator: any non-negative int64 below this
 
 _lib = torch.library.Library("specdecode", "IMPL")
 
@@ -111,11 +118,11 @@ def rejection_sample(
     """
     draft_token_ids, draft_probs, target_probs = _check_shapes(draft_token_ids, draft_probs, target_probs)
     batch_size, device = draft_token_ids.shape[0], target_probs.device
-    greedy_mask = _greedy_mask(greedy, batch_size, device)
-    seeds = _seeds(generator, seed, batch_size, device)
-    offsets = _per_row_int64("offset", offset, batch_size, device)
+    greedy_mask = as_greedy_mask(greedy, batch_size, device)
+    seeds = seeds_from(generator, seed, batch_size, device)
+    offsets = per_row_int64("offset", offset, batch_size, device)
     if validate:
-        _check_values(draft_token_ids, draft_probs, target_probs)
+        check_probability_values(draft_token_ids, draft_probs, target_probs)
     token_ids, num_accepted = torch.ops.specdecode.rejection_sample(
         draft_token_ids, draft_probs, target_probs, greedy_mask, seeds, offsets
     )
@@ -146,20 +153,9 @@ class RejectionSampler(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_tensor(name: str, value, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
-    if value.dtype not in dtypes:
-        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name} must have dtype {allowed}; got {str(value.dtype).removeprefix('torch.')}")
-    return value
-
-
 def _check_shapes(draft_token_ids, draft_probs, target_probs):
-    draft_token_ids = _check_tensor("draft_token_ids", draft_token_ids, 2, _ID_DTYPES)
-    target_probs = _check_tensor("target_probs", target_probs, 3, _PROB_DTYPES)
+    draft_token_ids = check_tensor("draft_token_ids", draft_token_ids, 2, ID_DTYPES)
+    target_probs = check_tensor("target_probs", target_probs, 3, PROB_DTYPES)
     batch_size, num_drafts = draft_token_ids.shape
     if tuple(target_probs.shape[:2]) != (batch_size, num_drafts + 1):
         raise ValueError(
@@ -175,7 +171,7 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
     if draft_token_ids.device != device:
         raise ValueError(f"draft_token_ids is on {draft_token_ids.device} but target_probs is on {device}")
     if draft_probs is not None:
-        draft_probs = _check_tensor("draft_probs", draft_probs, 3, _PROB_DTYPES)
+        draft_probs = check_tensor("draft_probs", draft_probs, 3, PROB_DTYPES)
         if tuple(draft_probs.shape) != (batch_size, num_drafts, vocab_size):
             raise ValueError(
                 f"draft_probs must be [B, K, V] = {[batch_size, num_drafts, vocab_size]}; got {list(draft_probs.shape)}"
@@ -185,89 +181,7 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs):
         if draft_probs.dtype != target_probs.dtype:
             # The kernels compute in float32, so widening the narrower side changes no result.
             draft_probs, target_probs = draft_probs.float(), target_probs.float()
-        draft_probs = _unit_stride_in_vocab(draft_probs)
+        draft_probs = unit_stride_in_vocab(draft_probs)
     # int32 ids are widened (a [B, K] copy, never the caller's tensor); probabilities are only
     # copied when their vocabulary dim is strided, which the kernels cannot stream.
-    return (draft_token_ids.to(torch.int64).contiguous(), draft_probs, _unit_stride_in_vocab(target_probs))
-
-
-def _unit_stride_in_vocab(probs: torch.Tensor) -> torch.Tensor:
-    # V = 1: the vocabulary dim's stride addresses nothing, so any stride streams.
-    return probs if probs.stride(-1) == 1 or probs.shape[-1] == 1 else probs.contiguous()
-
-
-def _on_device(name: str, value: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensors move to ``device`` (small per-row values); any other device is an error."""
-    if value.device != device and value.device.type != "cpu":
-        raise ValueError(f"{name} is on {value.device} but target_probs is on {device}")
-    return value.to(device)
-
-
-def _greedy_mask(greedy, batch_size: int, device: torch.device) -> torch.Tensor:
-    if isinstance(greedy, bool):
-        return torch.full((batch_size,), greedy, dtype=torch.bool, device=device)
-    if not isinstance(greedy, torch.Tensor):
-        raise TypeError(f"greedy must be a bool or a [B] bool tensor, got {type(greedy).__name__}")
-    if greedy.dtype != torch.bool or tuple(greedy.shape) != (batch_size,):
-        raise ValueError(
-            f"greedy must be a [B] = [{batch_size}] bool tensor; got {greedy.dtype} of shape {list(greedy.shape)}"
-        )
-    return _on_device("greedy", greedy, device).contiguous()
-
-
-def _per_row_int64(name: str, value, batch_size: int, device: torch.device) -> torch.Tensor:
-    """An int becomes a [1] tensor (shared by the batch); a tensor must be [B] (or [1]) ints."""
-    if not (is_int(value) or isinstance(value, torch.Tensor)):
-        raise TypeError(f"{name} must be an int or a [B] int64 tensor, got {type(value).__name__}")
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            raise ValueError(f"{name} = {value} does not fit in int64")
-        return torch.tensor([value], dtype=torch.int64, device=device)
-    if value.dtype not in _ID_DTYPES or value.dim() != 1 or value.shape[0] not in (1, batch_size):
-        raise ValueError(
-            f"{name} must be a [B] = [{batch_size}] int64 tensor; got {value.dtype} of shape {list(value.shape)}"
-        )
-    return _on_device(name, value, device).to(torch.int64).contiguous()
-
-
-def _seeds(generator, seed, batch_size: int, device: torch.device) -> torch.Tensor:
-    if generator is not None and seed is not None:
-        raise ValueError("pass either generator or seed, not both")
-    if seed is not None:
-        return _per_row_int64("seed", seed, batch_size, device)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    # Drawn on the generator's device and moved without a host sync; advances the generator.
-    gen_device = generator.device if generator is not None else device
-    drawn = torch.randint(_SEED_RANGE, (1,), generator=generator, device=gen_device, dtype=torch.int64)
-    return drawn.to(device, non_blocking=True)
-
-
-def _check_values(draft_token_ids, draft_probs, target_probs) -> None:
-    vocab_size = target_probs.shape[-1]
-    bad_ids = (draft_token_ids < -1) | (draft_token_ids >= vocab_size)
-    if bool(bad_ids.any()):
-        where = bad_ids.nonzero()[0].tolist()
-        raise ValueError(
-            f"draft_token_ids[{where[0]}, {where[1]}] = {int(draft_token_ids[tuple(where)])} "
-            f"is outside [-1, V) with V = {vocab_size}"
-        )
-    for name, probs in (("draft_probs", draft_probs), ("target_probs", target_probs)):
-        if probs is None or probs.numel() == 0:
-            continue
-        values = probs.float()
-        if not bool(values.isfinite().all()):
-            raise ValueError(f"{name} contains NaN or inf")
-        if bool((values < 0).any()):
-            raise ValueError(f"{name} contains negative probabilities")
-        # Summation error grows with V; 16-bit inputs carry ~3 significant digits per entry.
-        tolerance = 1e-3 if probs.dtype == torch.float32 else 2e-2
-        row_sums = values.sum(-1, dtype=torch.float64)
-        row_error = (row_sums - 1).abs()
-        if bool((row_error > tolerance).any()):
-            worst = row_error.flatten().argmax()
-            index = [int(i) for i in torch.unravel_index(worst, row_error.shape)]
-            raise ValueError(
-                f"{name} is not normalised: row {index} sums to "
-                f"{float(row_sums.flatten()[worst]):.6g} (tolerance {tolerance})"
-            )
+    return (draft_token_ids.to(torch.int64).contiguous(), draft_probs, unit_stride_in_vocab(target_probs))

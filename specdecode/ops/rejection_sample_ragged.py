@@ -15,15 +15,22 @@ from dataclasses import dataclass
 import torch
 
 from specdecode.core import RejectionOutput, check_same_device, is_int
-from specdecode.ops.rejection_sample import _check_values as _check_probability_values
-from specdecode.ops.rejection_sample import _greedy_mask, _on_device, _per_row_int64, _seeds
+from specdecode.ops.arguments import (
+    ID_DTYPES,
+    PROB_DTYPES,
+    as_greedy_mask,
+    check_probability_values,
+    check_tensor,
+    on_device,
+    per_row_int64,
+    seeds_from,
+    unit_stride_in_vocab,
+)
 
 __all__ = ["rejection_sample_ragged", "RaggedRejectionSampler", "PLACEHOLDER_TOKEN_ID"]
 
 PLACEHOLDER_TOKEN_ID = -1  # token_ids after the emitted token (vLLM's PLACEHOLDER_TOKEN_ID)
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 _lib = torch.library.Library("specdecode", "IMPL")
 
@@ -182,10 +189,10 @@ def rejection_sample_ragged(
     batch_size = drafts.batch_size
     bonus = _bonus_ids(bonus_token_ids, batch_size, rows.target.shape[1], device)
     temperatures = _temperatures(temperature, rows, batch_size, device)
-    greedy_mask = _greedy_mask(greedy, batch_size, device)
-    seeds = _seeds(generator, seed, batch_size, device)
-    offsets = _per_row_int64("offset", offset, batch_size, device)
-    if output_dtype not in _INDEX_DTYPES:
+    greedy_mask = as_greedy_mask(greedy, batch_size, device)
+    seeds = seeds_from(generator, seed, batch_size, device)
+    offsets = per_row_int64("offset", offset, batch_size, device)
+    if output_dtype not in ID_DTYPES:
         raise TypeError(f"output_dtype must be torch.int32 or torch.int64, got {output_dtype}")
     if validate:
         _check_values(drafts, rows, bonus, temperatures)
@@ -228,24 +235,9 @@ class RaggedRejectionSampler(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _tensor(name: str, value, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {list(value.shape)}")
-    if value.dtype not in dtypes:
-        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name} must have dtype {allowed}; got {str(value.dtype).removeprefix('torch.')}")
-    return value
-
-
 def _same_device(name: str, value: torch.Tensor, device: torch.device) -> None:
     if value.device != device:
         raise ValueError(f"{name} is on {value.device} but the target is on {device}")
-
-
-def _unit_stride_in_vocab(rows: torch.Tensor) -> torch.Tensor:
-    return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
 
 
 def _one_of(names: tuple[str, str], values: tuple, required: bool) -> tuple[torch.Tensor | None, bool]:
@@ -261,7 +253,7 @@ def _one_of(names: tuple[str, str], values: tuple, required: bool) -> tuple[torc
 def _rows(target_probs, target_logits, draft_probs, draft_logits) -> Rows:
     target, target_is_logits = _one_of(("target_probs", "target_logits"), (target_probs, target_logits), True)
     target_name = "target_logits" if target_is_logits else "target_probs"
-    target = _tensor(target_name, target, 2, _FLOAT_DTYPES)
+    target = check_tensor(target_name, target, 2, PROB_DTYPES)
     vocab_size = target.shape[1]
     if vocab_size == 0:
         raise ValueError(f"{target_name} has an empty vocabulary (V = 0)")
@@ -270,18 +262,18 @@ def _rows(target_probs, target_logits, draft_probs, draft_logits) -> Rows:
     draft, draft_is_logits = _one_of(("draft_probs", "draft_logits"), (draft_probs, draft_logits), False)
     if draft is not None:
         draft_name = "draft_logits" if draft_is_logits else "draft_probs"
-        draft = _tensor(draft_name, draft, 2, _FLOAT_DTYPES)
+        draft = check_tensor(draft_name, draft, 2, PROB_DTYPES)
         if draft.shape[1] != vocab_size:
             raise ValueError(f"{draft_name} must be [N, V] with V = {vocab_size}; got {list(draft.shape)}")
         _same_device(draft_name, draft, target.device)
-        draft = _unit_stride_in_vocab(draft)
-    return Rows(_unit_stride_in_vocab(target), target_is_logits, draft, draft_is_logits)
+        draft = unit_stride_in_vocab(draft)
+    return Rows(unit_stride_in_vocab(target), target_is_logits, draft, draft_is_logits)
 
 
 def _ragged_drafts(
     draft_token_ids, num_draft_tokens, cu_num_draft_tokens, max_num_draft_tokens, device
 ) -> RaggedDrafts:
-    draft_token_ids = _tensor("draft_token_ids", draft_token_ids, 1, _INDEX_DTYPES)
+    draft_token_ids = check_tensor("draft_token_ids", draft_token_ids, 1, ID_DTYPES)
     _same_device("draft_token_ids", draft_token_ids, device)
     num_tokens = draft_token_ids.shape[0]
     if (num_draft_tokens is None) == (cu_num_draft_tokens is None):
@@ -314,7 +306,7 @@ def _ragged_drafts(
 def _index_values(name: str, value, device: torch.device) -> torch.Tensor:
     """A list of ints or a 1-D int tensor, as a tensor on ``device`` (int32 kept: the op reads it)."""
     if isinstance(value, torch.Tensor):
-        _tensor(name, value, 1, _INDEX_DTYPES)
+        check_tensor(name, value, 1, ID_DTYPES)
         if value.device != device and value.device.type != "cpu":
             raise ValueError(f"{name} is on {value.device} but the target is on {device}")
         return value if name.startswith("cu_") else value.long()  # int32 running totals are read as they are
@@ -365,10 +357,10 @@ def _bonus_ids(bonus_token_ids, batch_size: int, vocab_size: int, device) -> tor
         raise TypeError(f"bonus_token_ids must be a torch.Tensor, got {type(bonus_token_ids).__name__}")
     if bonus_token_ids.dim() == 2 and bonus_token_ids.shape[1] == 1:  # vLLM's [B, 1]
         bonus_token_ids = bonus_token_ids[:, 0]
-    bonus = _tensor("bonus_token_ids", bonus_token_ids, 1, _INDEX_DTYPES)
+    bonus = check_tensor("bonus_token_ids", bonus_token_ids, 1, ID_DTYPES)
     if bonus.shape[0] != batch_size:
         raise ValueError(f"bonus_token_ids must be [B] = [{batch_size}]; got {list(bonus.shape)}")
-    bonus = _on_device("bonus_token_ids", bonus, device).contiguous()
+    bonus = on_device("bonus_token_ids", bonus, device).contiguous()
     if bonus.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_bonus_values(bonus, vocab_size)
     return bonus
@@ -392,10 +384,10 @@ def _temperatures(temperature, rows: Rows, batch_size: int, device) -> torch.Ten
         return torch.full((batch_size,), float(temperature), dtype=torch.float32, device=device)
     if not isinstance(temperature, torch.Tensor):
         raise TypeError(f"temperature must be a float or a [B] tensor, got {type(temperature).__name__}")
-    temperature = _tensor("temperature", temperature, 1, (torch.float32, torch.float16, torch.bfloat16, torch.float64))
+    temperature = check_tensor("temperature", temperature, 1, (*PROB_DTYPES, torch.float64))
     if temperature.shape[0] != batch_size:
         raise ValueError(f"temperature must be [B] = [{batch_size}]; got {list(temperature.shape)}")
-    return _on_device("temperature", temperature, device).to(torch.float32).contiguous()
+    return on_device("temperature", temperature, device).to(torch.float32).contiguous()
 
 
 def _check_values(drafts: RaggedDrafts, rows: Rows, bonus, temperatures) -> None:
@@ -420,4 +412,4 @@ def _check_values(drafts: RaggedDrafts, rows: Rows, bonus, temperatures) -> None
     # Probabilities: the padded verifier's checks (finite, non-negative, normalised rows).
     draft_probs = None if rows.draft is None or rows.draft_is_logits else rows.draft[None]
     target_probs = rows.target[None] if not rows.target_is_logits else torch.ones(1, 1, 1, device=rows.target.device)
-    _check_probability_values(torch.zeros(1, 0, dtype=torch.long, device=ids.device), draft_probs, target_probs)
+    check_probability_values(torch.zeros(1, 0, dtype=torch.long, device=ids.device), draft_probs, target_probs)

@@ -13,13 +13,15 @@ from typing import NamedTuple
 import torch
 
 from specdecode.core import check_same_device
-from specdecode.ops.rejection_sample import (
-    _check_tensor,
-    _check_values,
-    _greedy_mask,
-    _per_row_int64,
-    _seeds,
-    _unit_stride_in_vocab,
+from specdecode.ops.arguments import (
+    ID_DTYPES,
+    PROB_DTYPES,
+    as_greedy_mask,
+    check_probability_values,
+    check_tensor,
+    per_row_int64,
+    seeds_from,
+    unit_stride_in_vocab,
 )
 from specdecode.reference.tree_rejection_sample import ROOT, live_nodes
 
@@ -30,8 +32,6 @@ __all__ = [
     "parents_from_first_child_next_sibling",
 ]
 
-_PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_ID_DTYPES = (torch.int32, torch.int64)
 DRAWS = ("iid", "without_replacement")  # how siblings were drawn from their draft distribution
 NO_LINK = -1  # first_child / next_sibling: "none"
 
@@ -146,9 +146,9 @@ def tree_rejection_sample(
         draft_token_ids, parents, draft_probs, target_probs
     )
     batch_size, device = draft_token_ids.shape[0], target_probs.device
-    greedy_mask = _greedy_mask(greedy, batch_size, device)
-    seeds = _seeds(generator, seed, batch_size, device)
-    offsets = _per_row_int64("offset", offset, batch_size, device)
+    greedy_mask = as_greedy_mask(greedy, batch_size, device)
+    seeds = seeds_from(generator, seed, batch_size, device)
+    offsets = per_row_int64("offset", offset, batch_size, device)
     if validate:
         _check_tree_values(draft_token_ids, parents, draft_probs, target_probs)
     token_ids, accepted_nodes, num_accepted = torch.ops.specdecode.tree_rejection_sample(
@@ -209,7 +209,7 @@ def parents_from_first_child_next_sibling(first_child: torch.Tensor, next_siblin
     tensor([[-1,  0, -1]])
     """
     for name, links in (("first_child", first_child), ("next_sibling", next_sibling)):
-        _check_tensor(name, links, 2, _ID_DTYPES)
+        check_tensor(name, links, 2, ID_DTYPES)
     if first_child.shape != next_sibling.shape:
         raise ValueError(
             f"first_child {list(first_child.shape)} and next_sibling {list(next_sibling.shape)} must have one shape"
@@ -235,9 +235,9 @@ def parents_from_first_child_next_sibling(first_child: torch.Tensor, next_siblin
 
 
 def _check_shapes(draft_token_ids, parents, draft_probs, target_probs):
-    draft_token_ids = _check_tensor("draft_token_ids", draft_token_ids, 2, _ID_DTYPES)
-    parents = _check_tensor("parents", parents, 2, _ID_DTYPES)
-    target_probs = _check_tensor("target_probs", target_probs, 3, _PROB_DTYPES)
+    draft_token_ids = check_tensor("draft_token_ids", draft_token_ids, 2, ID_DTYPES)
+    parents = check_tensor("parents", parents, 2, ID_DTYPES)
+    target_probs = check_tensor("target_probs", target_probs, 3, PROB_DTYPES)
     batch_size, num_nodes = draft_token_ids.shape
     if parents.shape != draft_token_ids.shape:
         raise ValueError(
@@ -259,7 +259,7 @@ def _check_shapes(draft_token_ids, parents, draft_probs, target_probs):
         if tensor.device != device:
             raise ValueError(f"{name} is on {tensor.device} but target_probs is on {device}")
     if draft_probs is not None:
-        draft_probs = _check_tensor("draft_probs", draft_probs, 3, _PROB_DTYPES)
+        draft_probs = check_tensor("draft_probs", draft_probs, 3, PROB_DTYPES)
         if tuple(draft_probs.shape) != (batch_size, num_nodes, vocab_size):
             raise ValueError(
                 f"draft_probs must be [B, T, V] = {[batch_size, num_nodes, vocab_size]}; got {list(draft_probs.shape)}"
@@ -268,18 +268,18 @@ def _check_shapes(draft_token_ids, parents, draft_probs, target_probs):
             raise ValueError(f"draft_probs is on {draft_probs.device} but target_probs is on {device}")
         if draft_probs.dtype != target_probs.dtype:  # the kernels compute in float32: widening changes nothing
             draft_probs, target_probs = draft_probs.float(), target_probs.float()
-        draft_probs = _unit_stride_in_vocab(draft_probs)
+        draft_probs = unit_stride_in_vocab(draft_probs)
     # int32 ids and parents are widened ([B, T] copies, never the caller's tensors).
     return (
         draft_token_ids.to(torch.int64).contiguous(),
         parents.to(torch.int64).contiguous(),
         draft_probs,
-        _unit_stride_in_vocab(target_probs),
+        unit_stride_in_vocab(target_probs),
     )
 
 
 def _check_tree_values(draft_token_ids, parents, draft_probs, target_probs) -> None:
-    _check_values(draft_token_ids, draft_probs, target_probs)
+    check_probability_values(draft_token_ids, draft_probs, target_probs)
     index = torch.arange(parents.shape[1], device=parents.device)
     bad = (parents < ROOT) | (parents >= index)
     if bool(bad.any()):
