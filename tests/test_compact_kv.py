@@ -258,6 +258,23 @@ def test_negative_batch_dim_and_int32_indices():
     assert torch.equal(view, torch.arange(24).view(2, 3, 4)[..., [1, 3]])
 
 
+@pytest.mark.parametrize("call", ["op", "wrapper"])
+def test_bumps_the_version_so_autograd_sees_the_write(call):
+    # exp saves its output for backward; compacting that output must make backward refuse, as any
+    # torch in-place op does, instead of silently using the moved rows.
+    leaf = torch.randn(4, 3, requires_grad=True)
+    saved = leaf.exp()
+    version = saved._version
+    kept = torch.tensor([1, 3])
+    if call == "op":
+        torch.ops.specdecode.compact_kv_(saved, kept, 0)
+    else:
+        sd.compact_kv_cache_(saved, kept, batch_dim=0)
+    assert saved._version == version + 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
+
+
 def test_opcheck():
     data = torch.randn(6, 3, 4)
     torch.library.opcheck(torch.ops.specdecode.compact_kv_, (data, torch.tensor([0, 2, 5]), 0))

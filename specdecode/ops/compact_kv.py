@@ -41,6 +41,18 @@ def _compact_kv_cuda(data, kept_indices, batch_dim):
 _lib.impl("compact_kv_", _compact_kv_cuda, "CUDA")
 
 
+def _compact_kv_bump_version(data, kept_indices, batch_dim):
+    """An in-place op must bump ``data._version`` so autograd refuses a tensor it saved for backward
+    and then saw compacted; a schema-only C++ op gets no such kernel, so it is registered here (as
+    ``torch.library.custom_op`` does for its mutable ops)."""
+    with torch._C._AutoDispatchBelowADInplaceOrView():
+        torch.ops.specdecode.compact_kv_(data, kept_indices, batch_dim)
+    torch.autograd.graph.increment_version(data)
+
+
+_lib.impl("compact_kv_", _compact_kv_bump_version, "ADInplaceOrView")
+
+
 @torch.library.register_fake("specdecode::compact_kv_")
 def _compact_kv_fake(data, kept_indices, batch_dim):
     check_same_device("compact_kv_", data=data, kept_indices=kept_indices)
