@@ -8,6 +8,7 @@ token-id prompts of 60 and 90 tokens, ``n = 8``, 32 new tokens, decisions at 8 a
 - ``sr0``: ``speculative_rejection`` with ``alpha = 0`` (seed 1): must be ``bon``;
 - ``sr`` / ``sr_again`` / ``sr_seed2``: ``alpha = 0.5`` with seed 1, 1 again, 2;
 - ``sr_text``: a reward on texts (many ties), ``alpha = 0.75``, the first prompt given as text;
+- ``sr_stop``: ``sr`` with stop tokens that end some candidates before (or at) the first decision;
 - ``mem``: ``memory_budget`` = KV of every candidate's prompt + 10 tokens: the first decision at 11;
 - ``mem_too_small``: a budget below the initial batch: ValueError.
 
@@ -39,10 +40,15 @@ PROMPT_0 = [5 + (7 * i) % 300 for i in range(60)]
 PROMPT_1 = [40 + (13 * i) % 400 for i in range(90)]
 PROMPTS = [PROMPT_0, PROMPT_1]
 TEXT_PROMPT_0 = " ".join(f"w{5 + (7 * i) % 300}" for i in range(60))
+# sr_stop: tokens that appear (once each) in sr's first segment, at positions 1, 3 and 7: they end
+# candidates before the first decision and exactly at it (what they end is derived from sr's tokens)
+STOP = [363, 354, 485]
+STOP_KWARGS = {"stop_token_ids": STOP}
 BUDGET_TOKENS = 10  # mem: a budget of every candidate's prompt + 10 tokens -> the first decision at 11
 
 COMMON = {"n": N, "max_new_tokens": MAX_NEW_TOKENS}
 SR = {**COMMON, "decision_tokens": DECISIONS}
+MEM = {**COMMON, "memory_budget_tokens_per_candidate": BUDGET_TOKENS}  # best_of_n_run.py computes the bytes
 
 
 def job(name: str, function: str, kwargs: dict, reward: str = "tokens", prompts=PROMPTS) -> dict:
@@ -63,14 +69,15 @@ JOBS = [
         reward="text",
         prompts=[TEXT_PROMPT_0, PROMPT_1],
     ),
-    job("mem", "speculative_rejection", {**COMMON, "alpha": 0.5, "seed": 1, "memory_budget_tokens_per_candidate": 10}),
+    job("sr_stop", "speculative_rejection", {**SR, "alpha": 0.5, "seed": 1, "sampling_kwargs": STOP_KWARGS}),
+    job("mem", "speculative_rejection", {**MEM, "alpha": 0.5, "seed": 1}),
     job(
         "mem_too_small",
         "speculative_rejection",
         {**COMMON, "alpha": 0.5, "seed": 1, "memory_budget_tokens_per_candidate": 0, "expect_error": True},
     ),
 ]
-PRUNING_JOBS = {"sr": 0.5, "sr_seed2": 0.5, "sr_text": 0.75, "mem": 0.5}
+PRUNING_JOBS = {"sr": 0.5, "sr_seed2": 0.5, "sr_text": 0.75, "sr_stop": 0.5, "mem": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +226,7 @@ def test_each_decision_keeps_the_top_partial_rewards_per_prompt(engine, tokenize
         assert [record["tokens_per_row"] for record in rounds] == DECISIONS
 
 
-@pytest.mark.parametrize("name", ["bon", "sr", "sr_text", "mem"])
+@pytest.mark.parametrize("name", ["bon", "sr", "sr_text", "sr_stop", "mem"])
 def test_selected_response_is_the_argmax_of_the_final_rewards(engine, tokenizer, name):
     out = engine["jobs"][name]
     prompts = prompt_ids(name, tokenizer)
@@ -236,8 +243,28 @@ def test_selected_response_is_the_argmax_of_the_final_rewards(engine, tokenizer,
         assert out["texts"][g] == tokenizer.decode(candidates(out, g)[best], skip_special_tokens=True)
 
 
+def test_candidates_finished_before_a_decision_are_not_ranked_and_stay_eligible(engine):
+    sr, stop = engine["jobs"]["sr"], engine["jobs"]["sr_stop"]
+    first = DECISIONS[0]
+    ended = {}  # (g, j) -> length, from sr's first segment (the same seeds): the first stop token ends it
+    for g in range(len(PROMPTS)):
+        for j, tokens in enumerate(candidates(sr, g)):
+            hits = [i for i, t in enumerate(tokens[:first]) if t in STOP]
+            if hits:
+                ended[g, j] = hits[0] + 1
+    assert sorted(ended.values()) == [2, 4, 8]  # before the decision, and exactly at it
+    pool = stop["stats"]["rounds"][0]["candidates"]
+    for (g, j), length in ended.items():
+        assert stop["finished"][g][j] and stop["candidate_num_tokens"][g][j] == length
+        assert candidates(stop, g)[j] == candidates(sr, g)[j][:length]
+        assert j not in pool[g] and not math.isnan(stop["candidate_rewards"][g][j])
+    sizes = [N - sum(1 for g2, _ in ended if g2 == g) for g in range(len(PROMPTS))]
+    assert stop["stats"]["rounds"][0]["live_per_prompt"] == sizes
+    assert stop["stats"]["rounds"][0]["kept_per_prompt"] == [math.ceil(m / 2) for m in sizes]  # no slot for them
+
+
 def test_generated_token_counts_are_honest(engine):
-    for name in ("bon", "sr", "mem"):
+    for name in ("bon", "sr", "sr_stop", "mem"):
         out = engine["jobs"][name]
         total = sum(sum(row) for row in out["candidate_num_tokens"])
         assert out["stats"]["tokens_generated"] == total
