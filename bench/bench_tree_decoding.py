@@ -19,6 +19,7 @@ Rows: ``run(...)`` returns them and saves ``bench/out/tree_decoding.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 
 import torch
@@ -35,22 +36,37 @@ TOPIC = "tree_decoding"
 STATIC_BRANCHINGS = [(2, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1, 1, 1), (2, 2, 1, 1, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1, 1, 1)]
 DYNAMIC_BUDGETS = [4, 8, 16, 32, 64]
 DYNAMIC_TOP_K, DYNAMIC_DEPTH = 4, 8
+SOFTMAX_BUDGETS = [4, 8]  # EAGLE-2's ranking by the draft's (sharpened) softmax, for comparison
+CHAIN_WITH_SIBLINGS = [(7, 1), (8, 3), (10, 1)]  # (depth, extra nodes)
+EXTRA_KS = [11]  # a chain as long as the longest chain+siblings tree verifies (outside the issue's K = 2..8)
 
 
-def methods(ks, static_branchings, dynamic_budgets) -> list[dict]:
-    """Every method to compare: ``{"method", "label", "k" | "tree", "verified"}``."""
+def methods(
+    ks, static_branchings, dynamic_budgets, softmax_budgets=(), chain_with_siblings=(), extra_ks=()
+) -> list[dict]:
+    """Every method to compare: ``{"method", "label", "k" | "tree", "verified"}``. ``method`` is
+    ``chain`` (the issue's K range), ``long_chain`` (``extra_ks``), ``static``, ``dynamic``
+    (calibrated ranking when greedy), ``dynamic_softmax`` or ``chain_siblings``."""
     out = [{"method": "chain", "label": f"chain K={k}", "k": k, "verified": k + 1} for k in ks]
-    for branching in static_branchings:
-        spec = TreeSpec.static(tuple(branching))
-        out.append({"method": "static", "label": spec.label(), "tree": spec, "verified": spec.num_nodes + 1})
-    for budget in dynamic_budgets:
-        spec = TreeSpec.dynamic(budget, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH)
-        out.append({"method": "dynamic", "label": spec.label(), "tree": spec, "verified": budget + 1})
+    out += [{"method": "long_chain", "label": f"chain K={k}", "k": k, "verified": k + 1} for k in extra_ks]
+    specs = [("static", TreeSpec.static(tuple(b))) for b in static_branchings]
+    specs += [("dynamic", TreeSpec.dynamic(b, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH)) for b in dynamic_budgets]
+    specs += [
+        ("dynamic_softmax", TreeSpec.dynamic(b, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH, greedy_ranking="softmax"))
+        for b in softmax_budgets
+    ]
+    specs += [("chain_siblings", TreeSpec.chain_with_siblings(d, e)) for d, e in chain_with_siblings]
+    for method, spec in specs:
+        label = spec.label() + (", softmax rank" if method == "dynamic_softmax" else "")
+        out.append({"method": method, "label": label, "tree": spec, "verified": spec.num_nodes + 1})
     return out
 
 
+TREE_METHODS = ("static", "dynamic", "dynamic_softmax", "chain_siblings")
+
+
 def _decode(target, draft, prompts, max_new_tokens: int, temperature: float, generator, method: dict):
-    if method["method"] == "chain":
+    if "k" in method:
         options = {"num_draft_tokens": method["k"]}
     else:
         options = {"tree": method["tree"]}
@@ -60,8 +76,9 @@ def _decode(target, draft, prompts, max_new_tokens: int, temperature: float, gen
 
 
 def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: float, max_new_tokens: int, repeats: int):
-    """``kind="decode"`` rows for one batch size: plain decoding and one row per method."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    """``kind="decode"`` rows for one batch size: plain decoding and one row per method. Repeat ``r``
+    decodes prompts ``r * batch ..`` (mod 8), the same for every method, so the accepted lengths
+    cover several prompts even at batch 1."""
     rates = {m["label"]: [] for m in chosen}
     plain_rates, emitted, row_steps, same = (
         [],
@@ -71,11 +88,14 @@ def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: floa
     )
     for rep in range(repeats + 1):  # rep 0 warms up
         generator = torch.Generator().manual_seed(rep)
-        plain = sd.generate(target, prompts, max_new_tokens, temperature=temperature, generator=generator, eos_id=None)
+        prompts = [PROMPTS[(rep * batch + i) % len(PROMPTS)] for i in range(batch)]
+        new_tokens = max_new_tokens if rep else min(8, max_new_tokens)  # rep 0: a short warm-up
+        plain = sd.generate(target, prompts, new_tokens, temperature=temperature, generator=generator, eos_id=None)
         if rep:
             plain_rates.append(plain.stats["tokens_per_second"])
         for method in chosen:
-            out = _decode(target, draft, prompts, max_new_tokens, temperature, generator, method)
+            generator = torch.Generator().manual_seed(rep)
+            out = _decode(target, draft, prompts, new_tokens, temperature, generator, method)
             if not rep:
                 continue
             label = method["label"]
@@ -138,6 +158,9 @@ def settings(quick: bool) -> dict:
             "ks": [4, 8],
             "static_branchings": [(2, 1, 1, 1)],
             "dynamic_budgets": [8, 16],
+            "softmax_budgets": [8],
+            "chain_with_siblings": [(8, 3)],
+            "extra_ks": [],
             "max_new_tokens": 48,
             "repeats": 1,
             "node_counts": [1, 9, 17],
@@ -148,9 +171,12 @@ def settings(quick: bool) -> dict:
         "ks": list(range(2, 9)),
         "static_branchings": STATIC_BRANCHINGS,
         "dynamic_budgets": DYNAMIC_BUDGETS,
+        "softmax_budgets": SOFTMAX_BUDGETS,
+        "chain_with_siblings": CHAIN_WITH_SIBLINGS,
+        "extra_ks": EXTRA_KS,
         "max_new_tokens": 128,
         "repeats": 3,
-        "node_counts": [1, 3, 5, 9, 17, 33, 65],
+        "node_counts": [1, 3, 5, 9, 12, 17, 33, 65],
         "forward_reps": 20,
     }
 
@@ -160,6 +186,9 @@ def run(
     ks=tuple(range(2, 9)),
     static_branchings=tuple(STATIC_BRANCHINGS),
     dynamic_budgets=tuple(DYNAMIC_BUDGETS),
+    softmax_budgets=(),
+    chain_with_siblings=(),
+    extra_ks=(),
     temperature: float = 0.0,
     max_new_tokens: int = 128,
     repeats: int = 2,
@@ -177,10 +206,18 @@ def run(
         return save_rows(TOPIC, [], out_dir)
     with torch_threads(threads):
         target, draft = sd.load_pretrained(weights_dir=weights_dir)
-        rows = [{"kind": "setup", "threads": torch.get_num_threads(), "target_dtype": str(target.dtype)[6:]}]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        rows = [
+            {
+                "kind": "setup",
+                "threads": torch.get_num_threads(),
+                "target_dtype": str(target.dtype)[6:],
+                "load_1min_at_start": load,
+            }
+        ]
         log("  tree decoding: verify cost ...", flush=True)
         rows += verify_cost_rows(target, batch_sizes, node_counts, forward_reps)
-        chosen = methods(ks, static_branchings, dynamic_budgets)
+        chosen = methods(ks, static_branchings, dynamic_budgets, softmax_budgets, chain_with_siblings, extra_ks)
         for batch in batch_sizes:
             log(f"  tree decoding: batch {batch}, {len(chosen)} methods ...", flush=True)
             rows += decode_rows(target, draft, batch, chosen, temperature, max_new_tokens, repeats)
@@ -198,11 +235,13 @@ def _best(rows: list[dict], method: str | tuple[str, ...]) -> dict | None:
 
 def goal_lines(decoded: list[dict]) -> list[str]:
     """The issue's two goals, checked on the rows: at batch 1 the best tree's tokens/s vs the best
-    chain's; at equal verified tokens per step, the tree's mean accepted length vs the chain's."""
+    chain's (K in the issue's range; a longer chain is reported beside it); at equal verified
+    tokens per step, each tree's mean accepted length vs the chain's; then the one-line verdict
+    (``verdict_line``)."""
     lines = []
     for batch in sorted({r["batch"] for r in decoded}):
         rows = [r for r in decoded if r["batch"] == batch]
-        chain, tree = _best(rows, "chain"), _best(rows, ("static", "dynamic"))
+        chain, tree = _best(rows, "chain"), _best(rows, TREE_METHODS)
         if chain and tree:
             verdict = "beats" if tree["tokens_per_s"] > chain["tokens_per_s"] else "does not beat"
             lines.append(
@@ -211,9 +250,16 @@ def goal_lines(decoded: list[dict]) -> list[str]:
                 f"{chain['tokens_per_s']:.1f} tokens/s, {chain['speedup']:.2f}x): ratio "
                 f"{tree['tokens_per_s'] / chain['tokens_per_s']:.2f}."
             )
-        chains = {r["verified"]: r for r in rows if r["method"] == "chain"}
+        for long in (r for r in rows if r["method"] == "long_chain"):
+            if tree:
+                lines.append(
+                    f"Batch {batch}: {long['label']} (outside the issue's K range) {long['tokens_per_s']:.1f} "
+                    f"tokens/s, {long['speedup']:.2f}x plain; best tree / it: "
+                    f"{tree['tokens_per_s'] / long['tokens_per_s']:.2f}."
+                )
+        chains = {r["verified"]: r for r in rows if r["method"] in ("chain", "long_chain")}
         for r in rows:
-            if r["method"] in ("static", "dynamic") and r["verified"] in chains:
+            if r["method"] in TREE_METHODS and r["verified"] in chains:
                 c = chains[r["verified"]]
                 ratio = r["mean_accepted_length"] / c["mean_accepted_length"]
                 lines.append(
@@ -221,7 +267,30 @@ def goal_lines(decoded: list[dict]) -> list[str]:
                     f"{r['mean_accepted_length']:.2f} tokens per step vs {c['label']}'s "
                     f"{c['mean_accepted_length']:.2f} (ratio {ratio:.2f})."
                 )
-    return lines
+    verdict = verdict_line(decoded)
+    return lines + ([verdict] if verdict else [])
+
+
+def verdict_line(decoded: list[dict]) -> str | None:
+    """``tree vs best chain at batch 1: <x>x; accepted length at equal verified tokens: tree <a> vs
+    chain <b>``: the best tree's tokens/s over the best chain's (K = 2..8) at batch 1, and the
+    accepted lengths of the calibrated dynamic tree and the chain at the largest verified count they
+    share (9 in the full run: budget 8 vs K = 8)."""
+    rows = [r for r in decoded if r["batch"] == 1]
+    chain, tree = _best(rows, "chain"), _best(rows, TREE_METHODS)
+    if not (chain and tree):
+        return None
+    chains = {r["verified"]: r for r in rows if r["method"] == "chain"}
+    shared = [r for r in rows if r["method"] == "dynamic" and r["verified"] in chains]
+    text = f"tree vs best chain at batch 1: {tree['tokens_per_s'] / chain['tokens_per_s']:.2f}x ({tree['label']})"
+    if shared:
+        d = max(shared, key=lambda r: r["verified"])
+        c = chains[d["verified"]]
+        text += (
+            f"; accepted length at equal verified tokens: tree {d['mean_accepted_length']:.2f} vs chain "
+            f"{c['mean_accepted_length']:.2f} ({d['verified']} tokens: {d['label']} vs {c['label']})"
+        )
+    return text
 
 
 DECODE_HEADER = ["batch", "method", "verified tokens/step", "tokens/s", "speedup", "mean accepted length", "same text"]
@@ -256,7 +325,9 @@ def section(rows: list[dict], figures_dir: str | None = None) -> Section:
         s.text("Shipped weights not found: section skipped.")
         return s
     for setup in of_kind(rows, "setup"):
-        s.text(f"{setup['threads']} torch thread(s); target in {setup['target_dtype']}, draft in float32.")
+        load = setup.get("load_1min_at_start")
+        load_text = "" if load is None else f"; 1-minute load average {load:.2f} at the start"
+        s.text(f"{setup['threads']} torch thread(s); target in {setup['target_dtype']}, draft in float32{load_text}.")
     s.table(
         ["batch", "tokens read", "chain forward ms", "tree forward ms", "vs 1 token"],
         [
@@ -277,7 +348,9 @@ def section(rows: list[dict], figures_dir: str | None = None) -> Section:
         temperature, max_new = decoded[0]["temperature"], decoded[0]["max_new_tokens"]
         mode = "greedy" if temperature == 0 else f"T={temperature}"
         s.table(DECODE_HEADER, decode_table(decoded), f"**{mode}, {max_new} new tokens per row**")
-        s.text("\n".join(f"- {line}" for line in goal_lines(decoded)))
+        lines = goal_lines(decoded)
+        s.text("\n".join(f"- {line}" for line in lines[:-1]))
+        s.text(f"**Verdict:** {lines[-1]}")
         s.text(
             "A bigger tree pays in tokens/s only while the target's verify cost ('vs 1 token' above) "
             "grows more slowly than the mean accepted length: where the target streams its weights "

@@ -31,7 +31,15 @@ from specdecode.decoder.generate import (
 )
 from specdecode.decoder.model import TreeAttention
 from specdecode.decoder.state import DecodeState, SamplingSettings, encode_prompts
-from specdecode.decoder.tree import TreeSpec, propose_tree, static_parents, tree_layout
+from specdecode.decoder.tree import (
+    TreeSpec,
+    calibrated_acceptance,
+    chain_with_siblings_tree,
+    edge_log_values,
+    propose_tree,
+    static_parents,
+    tree_layout,
+)
 
 FALSE_ALARM_RATE = 1e-3  # per chi-square test: a correct sampler fails on 1 seed in 1000
 
@@ -41,6 +49,8 @@ TREES = [
     TreeSpec.static((3, 2, 1)),
     TreeSpec.static((2, 2, 2, 1)),
     TreeSpec.dynamic(10, top_k=3, depth=4),
+    TreeSpec.dynamic(10, top_k=3, depth=4, greedy_ranking="softmax"),
+    TreeSpec.chain_with_siblings(4, 3, top_k=2),
 ]
 
 
@@ -98,18 +108,20 @@ def test_tree_forward_equals_a_plain_forward_of_each_path():
 
 
 @torch.no_grad()
-def test_tree_steps_keep_cache_lengths_true(close_pair):
+@pytest.mark.parametrize(
+    "spec", [TreeSpec.static((3, 2, 1)), TreeSpec.chain_with_siblings(3, 3, top_k=2)], ids=lambda s: s.label()
+)
+def test_tree_steps_keep_cache_lengths_true(close_pair, spec):
     """Tree steps by hand over ragged rows, EOS freezing some: after every commit the target's cache
     holds exactly the committed tokens' K/V below its length (the accepted path was moved into
     place), and the draft's cache (trail depth + 1) too."""
     target, draft = close_pair
-    spec = TreeSpec.static((3, 2, 1))
     eos = int(generate(target, PROMPTS, 4, eos_id=None).tokens[1, 3])
     sampling = SamplingSettings(temperature=0.0, eos_id=eos)
     ids, prompt_lengths = encode_prompts(PROMPTS)
     width = 90
     caches = [target.new_cache(len(PROMPTS), width), draft.new_cache(len(PROMPTS), width)]
-    state = DecodeState.start(ids, prompt_lengths, width, caches, trails=[1, spec.max_depth + 1])
+    state = DecodeState.start(ids, prompt_lengths, width, caches, trails=[1, spec.draft_trail])
     prefill(target, caches[0], ids)
     prefill(draft, caches[1], ids)
     longest = 0
@@ -118,7 +130,7 @@ def test_tree_steps_keep_cache_lengths_true(close_pair):
         longest = max(longest, int(out.num_accepted[state.active].max()))
         commit_verified_(state, out, sampling.eos_id, max_new_tokens=40)
         assert_cache_holds_committed_tokens(target, caches[0], state, trail=1)
-        assert_cache_holds_committed_tokens(draft, caches[1], state, trail=spec.max_depth + 1)
+        assert_cache_holds_committed_tokens(draft, caches[1], state, trail=spec.draft_trail)
     assert longest >= 2 and not bool(state.active.all())  # moved paths of 2+ nodes; a row froze
 
 
@@ -128,7 +140,7 @@ def test_tree_steps_keep_cache_lengths_true(close_pair):
 def start_state(target, draft, prompts, spec):
     ids, prompt_lengths = encode_prompts(prompts)
     caches = [target.new_cache(len(prompts), 128), draft.new_cache(len(prompts), 128)]
-    state = DecodeState.start(ids, prompt_lengths, 128, caches, trails=[1, spec.max_depth + 1])
+    state = DecodeState.start(ids, prompt_lengths, 128, caches, trails=[1, spec.draft_trail])
     prefill(target, caches[0], ids)
     prefill(draft, caches[1], ids)
     return state
@@ -172,7 +184,7 @@ def test_dynamic_tree_keeps_the_most_likely_paths(close_pair):
     and no kept node's path probability (greedy: under the draft's softmax at the rank temperature)
     is below a generated but dropped one's: checked against no-cache forwards."""
     target, draft = close_pair
-    spec = TreeSpec.dynamic(7, top_k=3, depth=4)
+    spec = TreeSpec.dynamic(7, top_k=3, depth=4, greedy_ranking="softmax")
     state = start_state(target, draft, PROMPTS, spec)
     tree = propose_tree(draft, state.caches[1], state, spec, SamplingSettings(0.0))
     probs = node_distributions(draft, state, tree, spec.greedy_rank_temperature)  # greedy ranks by these
@@ -190,6 +202,66 @@ def test_dynamic_tree_keeps_the_most_likely_paths(close_pair):
         dropped = [float(v) for v, t in zip(root_top.values, root_top.indices) if int(t) not in kept_roots]
         assert all(d <= min(path_prob[1:]) + 1e-6 for d in dropped)
     assert int(tree.depths.max()) >= 2
+
+
+def test_edge_values_read_the_calibration_table():
+    """A top-1 token's edge value is the table's top-1 row at its probability's bin, any other
+    rank's the second row; without a table it is the log probability."""
+    table = torch.tensor([[0.2, 0.6, 0.9, 0.99], [0.05, 0.3, 0.5, 0.5]])
+    probs = torch.tensor([[0.8, 0.1, 0.05], [0.3, 0.26, 0.24]])
+    expected = torch.tensor([[0.99, 0.05, 0.05], [0.6, 0.3, 0.05]]).log()
+    torch.testing.assert_close(edge_log_values(probs, table), expected)
+    torch.testing.assert_close(edge_log_values(probs, None), probs.log())
+    shipped = calibrated_acceptance()
+    assert shipped.shape[0] == 2 and bool((shipped > 0).all() and (shipped <= 1).all())
+
+
+def test_chain_with_siblings_keeps_the_most_valuable_runner_ups():
+    """By hand: a chain of 3 with 2 runner-ups per level and 2 extra nodes. Table: top-1 at p in
+    [0.5, 1) accepted 0.9, below 0.5 accepted 0.5; a runner-up at p in [0.25, 0.5) 0.4, below 0.25
+    0.1. Level 0 is confident (0.9), level 1 is not (0.4 / 0.35 / 0.2), level 2 is (0.8 / 0.15).
+    Values: chain 0.9, 0.45, 0.405; runner-ups at level 0: 0.1, 0.1; level 1: 0.9 * 0.4 = 0.36,
+    0.9 * 0.1 = 0.09; level 2: 0.045, 0.045. Kept: level 1 rank 2 (0.36) and a level-0 one (0.1, the
+    first of the tie), laid out level then rank after the chain."""
+    table = torch.tensor([[0.5, 0.5, 0.9, 0.9], [0.1, 0.4, 0.4, 0.4]])
+    values = torch.tensor([[[0.9, 0.05, 0.03], [0.4, 0.35, 0.2], [0.8, 0.15, 0.04]]])
+    indices = torch.tensor([[[10, 11, 12], [20, 21, 22], [30, 31, 32]]])
+    tree = chain_with_siblings_tree(values, indices, 2, table)
+    assert tree.tokens.tolist() == [[10, 20, 30, 11, 21]]
+    assert tree.parents.tolist() == [[-1, 0, 1, -1, 0]]
+    assert tree.depths.tolist() == [[0, 1, 2, 3, 1, 2]]
+    expected_depths, expected_ancestors = tree_layout(tree.parents)
+    assert torch.equal(tree.depths, expected_depths) and torch.equal(tree.ancestors, expected_ancestors)
+    assert tree.draft_probs is None
+    # Without the table (the draft's path probability): level 1's runner-up 0.9 * 0.35 = 0.315, then
+    # level 1's third 0.18: the draft's softmax rates level 0's runner-ups (0.05) lower.
+    tree = chain_with_siblings_tree(values, indices, 2, None)
+    assert tree.tokens.tolist() == [[10, 20, 30, 21, 22]]
+
+
+@torch.no_grad()
+def test_calibrated_dynamic_tree_keeps_the_most_valuable_paths(close_pair):
+    """Greedy, calibrated: every kept node's path value (product of table entries along it, from
+    no-cache forwards) is at least that of each dropped child of the root."""
+    target, draft = close_pair
+    spec = TreeSpec.dynamic(7, top_k=3, depth=4)
+    state = start_state(target, draft, PROMPTS, spec)
+    tree = propose_tree(draft, state.caches[1], state, spec, SamplingSettings(0.0))
+    probs = node_distributions(draft, state, tree).float()
+    table = calibrated_acceptance()
+    for b in range(4):
+        parents = tree.parents[b].tolist()
+        assert all(p < i for i, p in enumerate(parents))
+        value = [0.0]
+        for i, p in enumerate(parents):
+            top = probs[b, p + 1].topk(spec.top_k)
+            rank = top.indices.tolist().index(int(tree.tokens[b, i]))
+            value.append(value[p + 1] + float(edge_log_values(top.values, table)[rank]))
+        root_top = probs[b, 0].topk(spec.top_k)
+        kept_roots = {int(tree.tokens[b, i]) for i, p in enumerate(parents) if p == -1}
+        root_values = edge_log_values(root_top.values, table)
+        dropped = [float(v) for v, t in zip(root_values, root_top.indices) if int(t) not in kept_roots]
+        assert all(d <= min(value[1:]) + 1e-5 for d in dropped)
 
 
 # ---- greedy: identical to plain greedy decoding -------------------------------------------------
@@ -263,6 +335,10 @@ def test_bad_tree_arguments_name_the_argument(close_pair):
         dict(node_budget=50, top_k=2, depth=3),
         dict(node_budget=4, top_k=2, depth=3, children="iid"),
         dict(node_budget=4, top_k=2, depth=3, greedy_rank_temperature=0.0),
+        dict(node_budget=4, top_k=2, depth=3, greedy_ranking="argmax"),
+        dict(depth=3, extra_nodes=7, top_k=2),
+        dict(depth=0, extra_nodes=1, top_k=2),
+        dict(depth=3, extra_nodes=1, top_k=2, branching=(2,)),
     ]:
         with pytest.raises(ValueError, match="tree"):
             TreeSpec(**kwargs)
@@ -275,6 +351,7 @@ SAMPLED_TREES = [
     TreeSpec.static((3, 2), children="without_replacement"),
     TreeSpec.static((3, 2), children="iid"),
     TreeSpec.dynamic(6, top_k=3, depth=3),
+    TreeSpec.chain_with_siblings(2, 3, top_k=2),
 ]
 
 
@@ -346,6 +423,9 @@ def test_benchmark_rows_and_section(tmp_path):
         ks=[2],
         static_branchings=[(2, 1)],
         dynamic_budgets=[2],
+        softmax_budgets=[2],
+        chain_with_siblings=[(2, 1)],
+        extra_ks=[3],
         max_new_tokens=6,
         repeats=1,
         node_counts=[1, 3],
@@ -358,11 +438,16 @@ def test_benchmark_rows_and_section(tmp_path):
     assert [(r["label"], r["verified"]) for r in decoded] == [
         ("plain", 1),
         ("chain K=2", 3),
+        ("chain K=3", 4),
         ("static(2,1)", 5),
         ("dynamic(budget=2, top_k=4, depth=8)", 3),
+        ("dynamic(budget=2, top_k=4, depth=8), softmax rank", 3),
+        ("chain+siblings(depth=2, extra=1, top_k=3)", 4),
     ]
     assert all(r["same_text"] == r["rows_compared"] == 1 for r in decoded[1:])  # greedy: plain's text
     assert all(1 <= r["mean_accepted_length"] <= 9 for r in decoded)
     assert [(r["batch"], r["tokens"]) for r in rows if r["kind"] == "verify"] == [(1, 1), (1, 3)]
     text = bench.section(rows).terminal()
     assert "dynamic(budget=2, top_k=4, depth=8)" in text and "3 verified tokens per step" in text
+    assert "tree vs best chain at batch 1: " in text and "accepted length at equal verified tokens: tree " in text
+    assert "chain K=3 (outside the issue's K range)" in text

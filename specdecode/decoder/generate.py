@@ -30,7 +30,8 @@ temperature-scaled softmax, for both models.
 Tree step (``speculative_generate(..., tree=TreeSpec...)``, ``specdecode.decoder.tree``), per row:
 
 1. ``propose_tree``: the draft re-reads its last ``D + 1`` committed tokens (``D`` = the tree's
-   depth) and drafts a tree of ``T`` nodes (static top-k or EAGLE-2-style dynamic).
+   depth; two for a chain with siblings) and drafts a tree of ``T`` nodes (static top-k,
+   EAGLE-2-style dynamic, or the draft's chain plus its most valuable runner-ups).
 2. ``verify_tree``: the target reads ``[token n-1, node_0..node_{T-1}]`` in one forward with tree
    attention: node ``i`` is written at position ``n + i``, rotated as position ``n - 1 + depth``,
    and attends to the committed prefix and its ancestors: ``T+1`` distributions.
@@ -270,7 +271,7 @@ def speculative_generate(
     start_time = time.perf_counter()
     target_cache, draft_cache = target.new_cache(B, max_len), draft.new_cache(B, max_len)
     # The draft's cache trails by the tokens it re-reads each step (propose, propose_tree).
-    draft_trail = 2 if tree is None else K + 1
+    draft_trail = 2 if tree is None else tree.draft_trail
     state = DecodeState.start(ids, prompt_lengths, max_len + K + 1, [target_cache, draft_cache], [1, draft_trail])
     prefills = prefill(target, target_cache, ids)
     prefill(draft, draft_cache, ids)

@@ -36,29 +36,40 @@ verification exactly lossless for the way the tree was drawn:
   keeps the parent, created first). Every choice is deterministic given the context, so the
   verifier gets ``draft_probs=None``, exactly as for a static top-k tree.
 
-  The ranking estimates how likely each path is to be accepted. Sampled decoding accepts a fixed
-  child ``x`` with probability ``q'(x)``, so nodes are ranked by the draft's softmax at the
-  sampling temperature. Greedy decoding accepts ``x`` when it is the target's argmax, which the
-  plain softmax underestimates for the draft's favourite (a draft that puts 0.6 on a token is
-  right about the argmax far more often than 6 times in 10), so greedy decoding ranks by the
-  draft's softmax at ``greedy_rank_temperature`` (default 0.3, between the two best values
-  measured). Measured on the shipped pair (4 prompts, 96 tokens, budget 4 / 8 / 16, top_k 4,
-  depth 8): mean accepted length 3.65 / 5.13 / 6.06 at temperature 1, 3.83 / 5.51 / 7.00 at 0.5,
-  3.96 / 5.96 / 6.86 at 0.25; chains of K = 4 and 8 accept 3.77 and 5.87. At 0.3,
-  ``python -m bench.bench_tree_decoding`` (batch 1, 128 tokens) measured 4.06 / 6.05 / 7.82, where
-  chains of K = 4 and 8 accept 4.06 and 6.05: at budgets up to the depth the ranking picks
-  (nearly) the chain itself, and beyond it the extra nodes add accepted tokens.
+  The ranking estimates how likely each path is to be accepted (a node's *value*: the expected
+  accepted length of a tree is the sum of its nodes' values, so the best tree of ``n`` nodes keeps
+  the ``n`` of highest value). Sampled decoding accepts a fixed child ``x`` with probability
+  ``q'(x)``, so nodes are ranked by the draft's softmax at the sampling temperature. Greedy
+  decoding accepts ``x`` when it is the target's argmax, which the draft's softmax misjudges
+  (a top-1 token at 0.6 is the argmax far more often than 6 times in 10), so greedy decoding by
+  default (``greedy_ranking="calibrated"``) ranks by a *measured* acceptance table: an edge is
+  worth the fraction of times a draft token of its rank class (top-1 or not) and probability was
+  the target's greedy token on held-out text (``specdecode.decoder.tree_calibration``, shipped as
+  ``tree_calibration_table.py``), a path the product. ``greedy_ranking="softmax"`` ranks by the
+  draft's softmax at ``greedy_rank_temperature`` (0.3) instead. On the shipped pair (8 prompts,
+  128 tokens, batch 1, depth 8) the two rankings accept 6.02 / 5.92 tokens per step at budget 8,
+  where the chain K = 8 accepts 5.99: this draft's top-1 is the target's greedy token 88% of the
+  time, so depth is worth more than breadth and the best 8-node tree is nearly the chain.
+
+- ``TreeSpec.chain_with_siblings(depth, extra_nodes, top_k)``: the draft's greedy chain of
+  ``depth`` tokens -- drafted exactly as a chain is, one one-token forward per token -- plus, as
+  leaves, the ``extra_nodes`` most valuable of the ``top_k`` runner-up tokens at each chain
+  position (ranked as a dynamic tree ranks, so siblings go where the draft's top-1 is unsure).
+  It costs no draft forward beyond the chain's, and the draft re-reads two committed tokens per
+  step as a chain does (the one K/V its cache can lack is the last accepted node's: a runner-up
+  is always a leaf). Deterministic given the context: verified with ``draft_probs=None``.
 
 Greedy decoding (temperature 0) always uses top-k children (a sampled child would be the argmax
 repeated) and greedy verification: the text equals plain greedy decoding's.
 
-**The draft's cache.** Each step the draft first re-reads the last ``max_depth + 1`` committed
-tokens (the window), which ends at the root and gives the root's distribution: a step commits at
-most ``max_depth + 1`` tokens, and the tree's nodes were written to scratch positions after the
-root, so the draft's cache is valid before the window (its trail in ``DecodeState`` is
-``max_depth + 1``). The draft then writes its tree after the root: a static tree in the
-target's layout (node ``i`` at position ``root + i``), a dynamic tree only the nodes it expands,
-in the order it feeds them (``TreeSpec.cache_nodes`` positions from the root on).
+**The draft's cache.** (Static and dynamic trees; a chain with siblings above.) Each step the draft
+first re-reads the last ``max_depth + 1`` committed tokens (the window), which ends at the root and
+gives the root's distribution: a step commits at most ``max_depth + 1`` tokens, and the tree's
+nodes were written to scratch positions after the root, so the draft's cache is valid before the
+window (its trail in ``DecodeState`` is ``max_depth + 1``). The draft then writes its tree after
+the root: a static tree in the target's layout (node ``i`` at position ``root + i``), a dynamic
+tree only the nodes it expands, in the order it feeds them (``TreeSpec.cache_nodes`` positions from
+the root on).
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ from specdecode.decoder.model import KVCache, Transformer, TreeAttention
 from specdecode.decoder.state import DecodeState, SamplingSettings
 
 CHILDREN_RULES = ("top_k", "without_replacement", "iid")
+GREEDY_RANKINGS = ("calibrated", "softmax")
 
 
 @dataclass(frozen=True)
@@ -90,10 +102,15 @@ class TreeSpec:
     depth: int = 0
     children: str = "top_k"
     greedy_rank_temperature: float = 0.3
+    greedy_ranking: str = "calibrated"
+    extra_nodes: int = -1
 
     def __post_init__(self):
         if self.children not in CHILDREN_RULES:
             raise ValueError(f"tree: children must be one of {CHILDREN_RULES}, got {self.children!r}")
+        if self.extra_nodes >= 0:
+            self._check_chain_with_siblings()
+            return
         if bool(self.branching) == bool(self.node_budget):
             raise ValueError("tree: give exactly one of branching (a static tree) and node_budget (a dynamic tree)")
         if self.branching:
@@ -107,6 +124,8 @@ class TreeSpec:
                 raise ValueError(f"tree: {name} must be an int >= 1, got {value!r}")
         if self.children != "top_k":
             raise ValueError("tree: a dynamic tree's children are always the draft's top-k (children='top_k')")
+        if self.greedy_ranking not in GREEDY_RANKINGS:
+            raise ValueError(f"tree: greedy_ranking must be one of {GREEDY_RANKINGS}, got {self.greedy_ranking!r}")
         if not self.greedy_rank_temperature > 0:
             raise ValueError(f"tree: greedy_rank_temperature must be > 0, got {self.greedy_rank_temperature!r}")
         if self.node_budget > self.candidate_nodes - 1:
@@ -115,18 +134,61 @@ class TreeSpec:
                 f"top_k={self.top_k}, depth={self.depth} generate"
             )
 
+    def _check_chain_with_siblings(self) -> None:
+        for name in ("depth", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"tree: {name} must be an int >= 1, got {value!r}")
+        if isinstance(self.extra_nodes, bool) or not isinstance(self.extra_nodes, int):
+            raise ValueError(f"tree: extra_nodes must be an int >= 0, got {self.extra_nodes!r}")
+        if self.branching or self.node_budget or self.children != "top_k":
+            raise ValueError("tree: a chain with siblings takes depth, extra_nodes and top_k only")
+        if self.greedy_ranking not in GREEDY_RANKINGS:
+            raise ValueError(f"tree: greedy_ranking must be one of {GREEDY_RANKINGS}, got {self.greedy_ranking!r}")
+        if self.extra_nodes > self.depth * self.top_k:
+            raise ValueError(
+                f"tree: extra_nodes {self.extra_nodes} exceeds the {self.depth * self.top_k} siblings that "
+                f"depth={self.depth}, top_k={self.top_k} offer"
+            )
+
+    @classmethod
+    def chain_with_siblings(
+        cls, depth: int, extra_nodes: int, top_k: int = 3, greedy_ranking: str = "calibrated"
+    ) -> TreeSpec:
+        """The draft's greedy chain of ``depth`` tokens plus the ``extra_nodes`` most valuable of the
+        ``top_k`` runner-up tokens at each of its positions, as leaves (module docstring)."""
+        return cls(depth=depth, extra_nodes=extra_nodes, top_k=top_k, greedy_ranking=greedy_ranking)
+
     @classmethod
     def static(cls, branching: tuple[int, ...], children: str = "top_k") -> TreeSpec:
         return cls(branching=tuple(branching), children=children)
 
     @classmethod
     def dynamic(
-        cls, node_budget: int, top_k: int = 4, depth: int = 8, greedy_rank_temperature: float = 0.3
+        cls,
+        node_budget: int,
+        top_k: int = 4,
+        depth: int = 8,
+        greedy_rank_temperature: float = 0.3,
+        greedy_ranking: str = "calibrated",
     ) -> TreeSpec:
-        return cls(node_budget=node_budget, top_k=top_k, depth=depth, greedy_rank_temperature=greedy_rank_temperature)
+        return cls(
+            node_budget=node_budget,
+            top_k=top_k,
+            depth=depth,
+            greedy_rank_temperature=greedy_rank_temperature,
+            greedy_ranking=greedy_ranking,
+        )
+
+    def calibrated(self, sampling: SamplingSettings) -> bool:
+        """Whether a dynamic tree ranks by measured acceptance (greedy, ``greedy_ranking="calibrated"``)."""
+        return sampling.greedy and self.greedy_ranking == "calibrated"
 
     def rank_temperature(self, sampling: SamplingSettings) -> float:
-        """The temperature of the draft softmax a dynamic tree ranks its nodes by (module docstring)."""
+        """The temperature of the draft softmax a dynamic tree ranks its nodes by (module docstring);
+        a calibrated ranking reads the plain softmax (temperature 1) through its table."""
+        if self.calibrated(sampling):
+            return 1.0
         return self.greedy_rank_temperature if sampling.greedy else sampling.temperature
 
     @property
@@ -134,9 +196,20 @@ class TreeSpec:
         return self.node_budget > 0
 
     @property
+    def is_chain_with_siblings(self) -> bool:
+        return self.extra_nodes >= 0
+
+    @property
+    def draft_trail(self) -> int:
+        """The committed tokens the draft re-reads each step (its cache trails by as many): a chain
+        with siblings re-reads two, as a chain does (the one K/V it can lack is the last accepted
+        node's, a sibling's, always a leaf); the other trees their depth + 1."""
+        return 2 if self.is_chain_with_siblings else self.max_depth + 1
+
+    @property
     def max_depth(self) -> int:
         """The longest path: the most drafts one step can accept."""
-        return self.depth if self.is_dynamic else len(self.branching)
+        return self.depth if self.is_dynamic or self.is_chain_with_siblings else len(self.branching)
 
     @property
     def level_sizes(self) -> list[int]:
@@ -146,6 +219,8 @@ class TreeSpec:
     @property
     def num_nodes(self) -> int:
         """``T``: the nodes verified per step (the target's forward reads ``T + 1`` tokens)."""
+        if self.is_chain_with_siblings:
+            return self.depth + self.extra_nodes
         return self.node_budget if self.is_dynamic else sum(self.level_sizes) - 1
 
     @property
@@ -171,6 +246,8 @@ class TreeSpec:
         return True, self.children
 
     def label(self) -> str:
+        if self.is_chain_with_siblings:
+            return f"chain+siblings(depth={self.depth}, extra={self.extra_nodes}, top_k={self.top_k})"
         if self.is_dynamic:
             return f"dynamic(budget={self.node_budget}, top_k={self.top_k}, depth={self.depth})"
         suffix = "" if self.children == "top_k" else f", {self.children}"
@@ -261,11 +338,14 @@ def propose_tree(
 ) -> DraftTree:
     """One tree per row (``spec``), drafted with ``max_depth`` draft forwards: the window, then one
     forward per level that has children."""
+    if spec.is_chain_with_siblings:
+        return _chain_with_siblings(draft, cache, state, spec, sampling)
     root_logits = draft_root_logits(draft, cache, state, spec.max_depth + 1)
     root_position = state.lengths - 1
     if spec.is_dynamic:
         ranking = SamplingSettings(spec.rank_temperature(sampling), eos_id=None)
-        return _dynamic_tree(draft, cache, root_position, ranking.probs(root_logits), spec, ranking)
+        table = calibrated_acceptance(root_logits.device) if spec.calibrated(sampling) else None
+        return _dynamic_tree(draft, cache, root_position, ranking.probs(root_logits), spec, ranking, table)
     return _static_tree(draft, cache, root_position, sampling.probs(root_logits), spec, sampling)
 
 
@@ -305,6 +385,7 @@ def _dynamic_tree(
     root_probs: Tensor,
     spec: TreeSpec,
     sampling: SamplingSettings,
+    acceptance: Tensor | None = None,
 ) -> DraftTree:
     """EAGLE-2's expand-then-rerank (module docstring), every row at once with fixed shapes.
 
@@ -336,7 +417,7 @@ def _dynamic_tree(
         tokens[:, new] = top.indices.flatten(1)
         parents[:, new] = parent
         depths[:, new] = depths.gather(1, parent) + 1
-        scores[:, new] = scores.gather(1, parent) + top.values.flatten(1).log()
+        scores[:, new] = scores.gather(1, parent) + edge_log_values(top.values, acceptance).flatten(1)
         parent_slot = fed_slot.gather(1, parent)
         strict_ancestors[:, new] = strict_ancestors[rows, parent] | fed_ancestors[rows, parent_slot]
         return torch.arange(new.start, new.stop, device=device).expand(B, -1)
@@ -357,6 +438,91 @@ def _dynamic_tree(
         children = add_children(1 + k + (level - 1) * k * k, frontier, feed(frontier, 1 + (level - 1) * k))
         frontier = children.gather(1, scores.gather(1, children).topk(k, dim=-1).indices)
     return _rerank(tokens, parents, depths, scores, fed_slot, strict_ancestors, spec.node_budget)
+
+
+def _chain_with_siblings(
+    draft: Transformer, cache: KVCache, state: DecodeState, spec: TreeSpec, sampling: SamplingSettings
+) -> DraftTree:
+    """The draft's greedy chain (``depth`` one-token forwards, exactly as a chain's ``propose`` with
+    argmax draws: the first re-reads the last two committed tokens), then the ``extra_nodes``
+    runner-ups of highest value as leaves. A node's value is its path's: the sum of its edges' log
+    values (``edge_log_values``: calibrated acceptance when greedy, the draft's log probability at
+    the sampling temperature otherwise), so a runner-up at depth ``d + 1`` is worth the chain's value
+    at depth ``d`` plus its own edge. Layout: the chain (tree nodes ``0..D-1``), then the kept
+    runner-ups by depth and rank. Every choice is deterministic given the context, so the verifier
+    gets ``draft_probs=None``."""
+    B, D, k, S = state.batch_size, spec.depth, spec.top_k, spec.extra_nodes
+    ranking = SamplingSettings(spec.rank_temperature(sampling), eos_id=None)
+    table = calibrated_acceptance(state.tokens.device) if spec.calibrated(sampling) else None
+    n = state.lengths
+    first = cache.lengths[:B]
+    positions = torch.stack([first, n - 1], 1)
+    logits = draft(torch.stack([state.token_at(first), state.token_at(n - 1)], 1), positions, cache)[:, -1]
+    tops = []
+    for i in range(D):
+        top = ranking.probs(logits).topk(k + 1, dim=-1)
+        tops.append(top)
+        if i < D - 1:
+            logits = draft(top.indices[:, :1], n + i, cache)[:, -1]
+    values = torch.stack([t.values for t in tops], 1)  # [B, D, k + 1]
+    indices = torch.stack([t.indices for t in tops], 1)
+    return chain_with_siblings_tree(values, indices, S, table)
+
+
+def chain_with_siblings_tree(values: Tensor, indices: Tensor, extra_nodes: int, acceptance: Tensor | None) -> DraftTree:
+    """The tree of ``TreeSpec.chain_with_siblings`` from the draft's top ``k + 1`` at each chain
+    position: ``values``/``indices [B, D, k + 1]`` (descending; level ``d`` is the distribution after
+    chain node ``d - 1``, level 0 the root's). The chain is each level's top-1; of the ``D k``
+    runner-ups the ``extra_nodes`` of highest path value are kept (ties: the lower level and rank),
+    in level-then-rank order after the chain."""
+    B, D, k1 = values.shape
+    k, S = k1 - 1, extra_nodes
+    edges = edge_log_values(values, acceptance)
+    chain_value = edges[:, :, 0].cumsum(1)  # [B, D]: value of chain node d (depth d + 1)
+    before = torch.nn.functional.pad(chain_value[:, :-1], (1, 0))  # the value of each level's parent
+    sibling_value = (before[:, :, None] + edges[:, :, 1:]).flatten(1)  # [B, D * k]
+    order = torch.sort(sibling_value, dim=1, descending=True, stable=True).indices
+    kept = order[:, :S].sort(dim=1).values  # [B, S]: level * k + rank - 1
+    level = kept // k
+    tokens = torch.cat([indices[:, :, 0], indices[:, :, 1:].flatten(1).gather(1, kept)], 1)
+    device = tokens.device
+    chain_parents = torch.arange(-1, D - 1, device=device).expand(B, D)
+    parents = torch.cat([chain_parents, level - 1], 1)
+    # Layout: root 0, chain node d at d + 1, runner-ups after; a node sees layout nodes up to its
+    # deepest chain ancestor (the root counts) and itself.
+    chain_layout = torch.arange(D + 1, device=device).expand(B, D + 1)
+    depths = torch.cat([chain_layout, level + 1], 1)
+    sees_up_to = torch.cat([chain_layout, level], 1)  # [B, T + 1]
+    columns = torch.arange(D + S + 1, device=device)
+    ancestors = (columns <= sees_up_to[:, :, None]) & (columns <= D)
+    ancestors |= torch.eye(D + S + 1, dtype=torch.bool, device=device)
+    return DraftTree(tokens, parents, None, "iid", depths, ancestors)
+
+
+_ACCEPTANCE_TABLES: dict[str, Tensor] = {}
+
+
+def calibrated_acceptance(device: torch.device | str | None = None) -> Tensor:
+    """``[2, NUM_BINS]`` float32: the shipped greedy acceptance table (``specdecode.decoder.tree_calibration``)."""
+    key = str(torch.device("cpu" if device is None else device))
+    if key not in _ACCEPTANCE_TABLES:
+        from specdecode.decoder.tree_calibration_table import ACCEPTANCE
+
+        _ACCEPTANCE_TABLES[key] = torch.tensor(ACCEPTANCE, dtype=torch.float32, device=device)
+    return _ACCEPTANCE_TABLES[key]
+
+
+def edge_log_values(top_probs: Tensor, acceptance: Tensor | None) -> Tensor:
+    """The log value of each child edge given its parent's top-k probabilities ``top_probs [..., k]``
+    (descending): ``log p`` (the draft's path probability), or with a calibration table
+    ``acceptance [2, bins]`` the log of the measured chance that a token of that rank class (top-1
+    or not) and probability is the target's greedy token."""
+    if acceptance is None:
+        return top_probs.log()
+    bins = acceptance.shape[1]
+    classes = (torch.arange(top_probs.shape[-1], device=top_probs.device) > 0).long()
+    index = classes * bins + (top_probs * bins).long().clamp(0, bins - 1)
+    return acceptance.flatten()[index].log()
 
 
 def _rerank(tokens, parents, depths, scores, fed_slot, strict_ancestors, budget: int) -> DraftTree:
