@@ -28,8 +28,10 @@ target logits are divided by uninitialised memory whenever a batch holds a sampl
 plugin replaces that expansion with ``repeat_interleave``; it runs before the verifier, so it
 matters for vLLM's own verifier as much as for this package's.
 
-Only vLLM's V1 model runner (the one vLLM uses on CPU) is adapted; see ``docs/vllm.md`` for what
-ran end to end here.
+The same switch also installs ``specdecode.integrations.vllm_mrv2`` (vLLM's GPU model runner V2,
+``vllm/v1/worker/gpu/``, which has a ``rejection_sample`` of its own). Only the V1 model runner (the
+one vLLM uses on CPU) ran end to end here; the MRV2 adapter is unit-tested against vLLM's MRV2
+source with its Triton kernels under the interpreter. See ``docs/vllm.md``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,17 @@ def register() -> None:
         _fix_cpu_expansion(vllm_rejection)
     if mode != CPU_FIX_ONLY:
         _install_verifier(vllm_rejection)
+        _install_mrv2_verifier()
+
+
+def _install_mrv2_verifier() -> None:
+    """The model runner V2 adapter (``specdecode.integrations.vllm_mrv2``), never raising."""
+    try:
+        from specdecode.integrations import vllm_mrv2
+
+        vllm_mrv2.install()
+    except Exception as error:  # noqa: BLE001 - the plugin must never break vLLM
+        logger.warning("specdecode: the model runner V2 adapter was not installed (%r); MRV2 keeps its own", error)
 
 
 def _is_tested(version: str, releases: tuple[str, ...]) -> bool:
