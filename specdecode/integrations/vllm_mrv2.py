@@ -37,10 +37,13 @@ draws it from the same row (inverse CDF on its own stream; argmax for greedy req
 drawn from numpy when the request is added) and keys every random number by ``(seed, position)``.
 The adapter gives request ``b`` the op's per-request stream with ``seed = seed[idx_mapping[b]]``
 and ``offset = pos[cu_num_logits[b]]`` (the position of its first row): its numbers depend only on
-its own seed and that position, never on the batch it is in, and each step of a request starts at
-a larger position, so no step reuses another's numbers. The same seed and inputs reproduce the same
-tokens; they are not MRV2's tokens (different generators, Philox + inverse CDF instead of MRV2's
-Philox uniforms and murmur3 Gumbel noise), only the same distribution.
+its own seed, that position and its inputs, never on the batch it is in or its slot. Each
+committed step of a request starts at a larger position, so no two steps share numbers; a step run
+again at the same position (a recomputation) draws the same numbers, as in MRV2, whose keys are the
+same. The same seed and inputs reproduce the same tokens. They are not MRV2's tokens (other random
+numbers: Philox counters ``(draft index, 0, position)`` and an inverse-CDF draw, where MRV2 uses
+``tl.rand(seed, position)`` and murmur3 Gumbel noise), only the same distribution. The draft's own
+draws (murmur3 at salted positions) are unrelated to the op's Philox stream.
 
 **Falls back to vLLM's own ``rejection_sample``**, logged once per reason: synthetic acceptance
 rates, block verification (a different acceptance rule), watermarking, tensors on a device the op
