@@ -37,7 +37,9 @@ STATIC_BRANCHINGS = [(2, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1, 1, 1), (2, 2, 1, 1
 DYNAMIC_BUDGETS = [4, 8, 16, 32, 64]
 DYNAMIC_TOP_K, DYNAMIC_DEPTH = 4, 8
 SOFTMAX_BUDGETS = [4, 8]  # EAGLE-2's ranking by the draft's (sharpened) softmax, for comparison
-CHAIN_WITH_SIBLINGS = [(7, 1), (8, 3), (10, 1)]  # (depth, extra nodes)
+# (depth, extra nodes, keep the whole chain): False = the most valuable depth + extra nodes of the
+# chain and its runner-ups, at the draft cost of a chain of that depth
+CHAIN_WITH_SIBLINGS = [(8, 0, False), (10, 1, True), (11, 0, False)]
 EXTRA_KS = [11]  # a chain as long as the longest chain+siblings tree verifies (outside the issue's K = 2..8)
 
 
@@ -55,7 +57,7 @@ def methods(
         ("dynamic_softmax", TreeSpec.dynamic(b, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH, greedy_ranking="softmax"))
         for b in softmax_budgets
     ]
-    specs += [("chain_siblings", TreeSpec.chain_with_siblings(d, e)) for d, e in chain_with_siblings]
+    specs += [("chain_siblings", TreeSpec.chain_with_siblings(d, e, keep_chain=c)) for d, e, c in chain_with_siblings]
     for method, spec in specs:
         label = spec.label() + (", softmax rank" if method == "dynamic_softmax" else "")
         out.append({"method": method, "label": label, "tree": spec, "verified": spec.num_nodes + 1})
@@ -159,7 +161,7 @@ def settings(quick: bool) -> dict:
             "static_branchings": [(2, 1, 1, 1)],
             "dynamic_budgets": [8, 16],
             "softmax_budgets": [8],
-            "chain_with_siblings": [(8, 3)],
+            "chain_with_siblings": [(8, 0, False)],
             "extra_ks": [],
             "max_new_tokens": 48,
             "repeats": 1,
@@ -289,6 +291,16 @@ def verdict_line(decoded: list[dict]) -> str | None:
         text += (
             f"; accepted length at equal verified tokens: tree {d['mean_accepted_length']:.2f} vs chain "
             f"{c['mean_accepted_length']:.2f} ({d['verified']} tokens: {d['label']} vs {c['label']})"
+        )
+    every_chain = {r["verified"]: r for r in rows if r["method"] in ("chain", "long_chain")}
+    pairs = [
+        (r, every_chain[r["verified"]]) for r in rows if r["method"] in TREE_METHODS and r["verified"] in every_chain
+    ]
+    if pairs:
+        t, c = max(pairs, key=lambda p: p[0]["mean_accepted_length"] / p[1]["mean_accepted_length"])
+        text += (
+            f"; best pair: tree {t['mean_accepted_length']:.2f} vs chain {c['mean_accepted_length']:.2f} "
+            f"({t['verified']} tokens: {t['label']} vs {c['label']})"
         )
     return text
 

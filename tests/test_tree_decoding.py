@@ -51,6 +51,7 @@ TREES = [
     TreeSpec.dynamic(10, top_k=3, depth=4),
     TreeSpec.dynamic(10, top_k=3, depth=4, greedy_ranking="softmax"),
     TreeSpec.chain_with_siblings(4, 3, top_k=2),
+    TreeSpec.chain_with_siblings(6, 1, top_k=2, keep_chain=False),
 ]
 
 
@@ -237,6 +238,20 @@ def test_chain_with_siblings_keeps_the_most_valuable_runner_ups():
     # level 1's third 0.18: the draft's softmax rates level 0's runner-ups (0.05) lower.
     tree = chain_with_siblings_tree(values, indices, 2, None)
     assert tree.tokens.tolist() == [[10, 20, 30, 21, 22]]
+    # Chain nodes compete too (keep_chain=False, 3 + 1 places): chain 0.9, 0.45, 0.405 and the
+    # level-1 runner-up 0.36 beat level 0's 0.1; with 2 places (depth 2 + 0): the first two chain nodes.
+    tree = chain_with_siblings_tree(values, indices, 1, table, keep_chain=False)
+    assert tree.tokens.tolist() == [[10, 20, 30, 21]] and tree.parents.tolist() == [[-1, 0, 1, 0]]
+    tree = chain_with_siblings_tree(values[:, :2], indices[:, :2], 0, table, keep_chain=False)
+    assert tree.tokens.tolist() == [[10, 20]]
+    # A top-1 below 0.5 now accepted 0.1: chain 0.9, 0.09, 0.081; runner-ups 0.1, 0.1 (level 0),
+    # 0.36, 0.09 (level 1): 3 places keep chain node 0, level 1's runner-up and level 0's first.
+    table = torch.tensor([[0.1, 0.1, 0.9, 0.9], [0.1, 0.4, 0.4, 0.4]])
+    tree = chain_with_siblings_tree(values, indices, 0, table, keep_chain=False)
+    assert tree.tokens.tolist() == [[10, 11, 21]] and tree.parents.tolist() == [[-1, -1, 0]]
+    assert tree.depths.tolist() == [[0, 1, 1, 2]] and tree.ancestors[0].sum(1).tolist() == [1, 2, 2, 3]
+    expected_depths, expected_ancestors = tree_layout(tree.parents)
+    assert torch.equal(tree.depths, expected_depths) and torch.equal(tree.ancestors, expected_ancestors)
 
 
 @torch.no_grad()
@@ -352,6 +367,7 @@ SAMPLED_TREES = [
     TreeSpec.static((3, 2), children="iid"),
     TreeSpec.dynamic(6, top_k=3, depth=3),
     TreeSpec.chain_with_siblings(2, 3, top_k=2),
+    TreeSpec.chain_with_siblings(3, 1, top_k=2, keep_chain=False),
 ]
 
 
@@ -424,7 +440,7 @@ def test_benchmark_rows_and_section(tmp_path):
         static_branchings=[(2, 1)],
         dynamic_budgets=[2],
         softmax_budgets=[2],
-        chain_with_siblings=[(2, 1)],
+        chain_with_siblings=[(2, 1, True)],
         extra_ks=[3],
         max_new_tokens=6,
         repeats=1,

@@ -57,7 +57,10 @@ verification exactly lossless for the way the tree was drawn:
   position (ranked as a dynamic tree ranks, so siblings go where the draft's top-1 is unsure).
   It costs no draft forward beyond the chain's, and the draft re-reads two committed tokens per
   step as a chain does (the one K/V its cache can lack is the last accepted node's: a runner-up
-  is always a leaf). Deterministic given the context: verified with ``draft_probs=None``.
+  is always a leaf). Deterministic given the context: verified with ``draft_probs=None``. With
+  ``keep_chain=False`` the chain's deep nodes compete with the runner-ups for the
+  ``depth + extra_nodes`` places: ``chain_with_siblings(K, 0, keep_chain=False)`` is the most
+  valuable ``K``-node tree of the chain and its runner-ups, at exactly a ``K``-chain's draft cost.
 
 Greedy decoding (temperature 0) always uses top-k children (a sampled child would be the argmax
 repeated) and greedy verification: the text equals plain greedy decoding's.
@@ -104,6 +107,7 @@ class TreeSpec:
     greedy_rank_temperature: float = 0.3
     greedy_ranking: str = "calibrated"
     extra_nodes: int = -1
+    keep_chain: bool = True
 
     def __post_init__(self):
         if self.children not in CHILDREN_RULES:
@@ -153,11 +157,19 @@ class TreeSpec:
 
     @classmethod
     def chain_with_siblings(
-        cls, depth: int, extra_nodes: int, top_k: int = 3, greedy_ranking: str = "calibrated"
+        cls,
+        depth: int,
+        extra_nodes: int,
+        top_k: int = 3,
+        greedy_ranking: str = "calibrated",
+        keep_chain: bool = True,
     ) -> TreeSpec:
         """The draft's greedy chain of ``depth`` tokens plus the ``extra_nodes`` most valuable of the
-        ``top_k`` runner-up tokens at each of its positions, as leaves (module docstring)."""
-        return cls(depth=depth, extra_nodes=extra_nodes, top_k=top_k, greedy_ranking=greedy_ranking)
+        ``top_k`` runner-up tokens at each of its positions, as leaves; with ``keep_chain=False`` the
+        ``depth + extra_nodes`` most valuable of the chain's nodes and runner-ups (module docstring)."""
+        return cls(
+            depth=depth, extra_nodes=extra_nodes, top_k=top_k, greedy_ranking=greedy_ranking, keep_chain=keep_chain
+        )
 
     @classmethod
     def static(cls, branching: tuple[int, ...], children: str = "top_k") -> TreeSpec:
@@ -247,7 +259,8 @@ class TreeSpec:
 
     def label(self) -> str:
         if self.is_chain_with_siblings:
-            return f"chain+siblings(depth={self.depth}, extra={self.extra_nodes}, top_k={self.top_k})"
+            best = "" if self.keep_chain else ", best of chain and runner-ups"
+            return f"chain+siblings(depth={self.depth}, extra={self.extra_nodes}, top_k={self.top_k}{best})"
         if self.is_dynamic:
             return f"dynamic(budget={self.node_budget}, top_k={self.top_k}, depth={self.depth})"
         suffix = "" if self.children == "top_k" else f", {self.children}"
@@ -466,36 +479,40 @@ def _chain_with_siblings(
             logits = draft(top.indices[:, :1], n + i, cache)[:, -1]
     values = torch.stack([t.values for t in tops], 1)  # [B, D, k + 1]
     indices = torch.stack([t.indices for t in tops], 1)
-    return chain_with_siblings_tree(values, indices, S, table)
+    return chain_with_siblings_tree(values, indices, S, table, spec.keep_chain)
 
 
-def chain_with_siblings_tree(values: Tensor, indices: Tensor, extra_nodes: int, acceptance: Tensor | None) -> DraftTree:
+def chain_with_siblings_tree(
+    values: Tensor, indices: Tensor, extra_nodes: int, acceptance: Tensor | None, keep_chain: bool = True
+) -> DraftTree:
     """The tree of ``TreeSpec.chain_with_siblings`` from the draft's top ``k + 1`` at each chain
     position: ``values``/``indices [B, D, k + 1]`` (descending; level ``d`` is the distribution after
-    chain node ``d - 1``, level 0 the root's). The chain is each level's top-1; of the ``D k``
-    runner-ups the ``extra_nodes`` of highest path value are kept (ties: the lower level and rank),
-    in level-then-rank order after the chain."""
+    chain node ``d - 1``, level 0 the root's). The chain is each level's top-1, its runner-ups the
+    candidate leaves. ``keep_chain``: the whole chain and the ``extra_nodes`` runner-ups of highest
+    path value; else the ``D + extra_nodes`` candidates of highest value, chain nodes included (a
+    node's value is at most its parent's and ties go to the earlier candidate -- the chain, then the
+    lower level and rank -- so the kept chain is a prefix and every kept node's parent is kept).
+    Layout: the kept chain, then the kept runner-ups, level then rank."""
     B, D, k1 = values.shape
-    k, S = k1 - 1, extra_nodes
+    k, T = k1 - 1, D + extra_nodes
     edges = edge_log_values(values, acceptance)
     chain_value = edges[:, :, 0].cumsum(1)  # [B, D]: value of chain node d (depth d + 1)
     before = torch.nn.functional.pad(chain_value[:, :-1], (1, 0))  # the value of each level's parent
     sibling_value = (before[:, :, None] + edges[:, :, 1:]).flatten(1)  # [B, D * k]
-    order = torch.sort(sibling_value, dim=1, descending=True, stable=True).indices
-    kept = order[:, :S].sort(dim=1).values  # [B, S]: level * k + rank - 1
-    level = kept // k
-    tokens = torch.cat([indices[:, :, 0], indices[:, :, 1:].flatten(1).gather(1, kept)], 1)
-    device = tokens.device
-    chain_parents = torch.arange(-1, D - 1, device=device).expand(B, D)
-    parents = torch.cat([chain_parents, level - 1], 1)
-    # Layout: root 0, chain node d at d + 1, runner-ups after; a node sees layout nodes up to its
-    # deepest chain ancestor (the root counts) and itself.
-    chain_layout = torch.arange(D + 1, device=device).expand(B, D + 1)
-    depths = torch.cat([chain_layout, level + 1], 1)
-    sees_up_to = torch.cat([chain_layout, level], 1)  # [B, T + 1]
-    columns = torch.arange(D + S + 1, device=device)
-    ancestors = (columns <= sees_up_to[:, :, None]) & (columns <= D)
-    ancestors |= torch.eye(D + S + 1, dtype=torch.bool, device=device)
+    candidates = torch.cat([chain_value.clamp_min(0) + 1 if keep_chain else chain_value, sibling_value], 1)
+    order = torch.sort(candidates, dim=1, descending=True, stable=True).indices
+    kept = order[:, :T].sort(dim=1).values  # [B, T]: chain node c < D, else D + level * k + rank - 1
+    device = kept.device
+    is_chain = kept < D
+    level = torch.where(is_chain, kept, (kept - D).div(k, rounding_mode="floor"))
+    tokens = torch.cat([indices[:, :, 0], indices[:, :, 1:].flatten(1)], 1).gather(1, kept)
+    parents = level - 1  # the kept chain is a prefix: chain node l - 1 is tree node l - 1
+    root = torch.zeros(B, 1, dtype=torch.int64, device=device)
+    depths = torch.cat([root, level + 1], 1)
+    # A node sees the root, the chain nodes above it (layout 1..level) and itself.
+    sees_up_to = torch.cat([root, level], 1)  # [B, T + 1]
+    columns = torch.arange(T + 1, device=device)
+    ancestors = (columns <= sees_up_to[:, :, None]) | torch.eye(T + 1, dtype=torch.bool, device=device)
     return DraftTree(tokens, parents, None, "iid", depths, ancestors)
 
 
