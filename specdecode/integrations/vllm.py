@@ -43,7 +43,28 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["register", "specdecode_rejection_sample", "TESTED_VLLM_VERSIONS", "PLUGIN_ENV", "CALL_LOG_ENV"]
+__all__ = [
+    "register",
+    "specdecode_rejection_sample",
+    "TESTED_VLLM_VERSIONS",
+    "PLUGIN_ENV",
+    "CALL_LOG_ENV",
+    "best_of_n",  # noqa: F822 - resolved by __getattr__ below
+    "speculative_rejection",  # noqa: F822
+]
+
+# Best-of-N / Speculative Rejection over a vllm.LLM live in vllm_best_of_n; imported on first use so
+# that the plugin, which vLLM imports in every process it starts, stays light.
+_BEST_OF_N_NAMES = ("best_of_n", "speculative_rejection")
+
+
+def __getattr__(name: str):
+    if name in _BEST_OF_N_NAMES:
+        from specdecode.integrations import vllm_best_of_n
+
+        return getattr(vllm_best_of_n, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PLUGIN_ENV = "SPECDECODE_VLLM_PLUGIN"
 CALL_LOG_ENV = "SPECDECODE_VLLM_CALL_LOG"

@@ -4,6 +4,7 @@ the switch, the version check and the fallback."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import pytest
@@ -145,7 +146,20 @@ def unregistered(monkeypatch):
     monkeypatch.setattr(vllm_rejection, "expand_batch_to_tokens", vllm_rejection.expand_batch_to_tokens)
     monkeypatch.setattr(plugin, "_state", plugin.PluginState())
     monkeypatch.delenv(plugin.CALL_LOG_ENV, raising=False)
+    _undo_mrv2_install(monkeypatch)
     return monkeypatch
+
+
+def _undo_mrv2_install(monkeypatch) -> None:
+    """register() also rebinds MRV2's rejection_sample (where that module imports): restore it after the test."""
+    from specdecode.integrations import vllm_mrv2
+
+    try:
+        mrv2 = importlib.import_module(vllm_mrv2.MRV2_MODULE)
+    except Exception:  # noqa: BLE001 - no MRV2 in this vLLM: nothing to undo
+        return
+    monkeypatch.setattr(mrv2, vllm_mrv2.PATCHED_NAME, getattr(mrv2, vllm_mrv2.PATCHED_NAME))
+    monkeypatch.setattr(vllm_mrv2, "_state", vllm_mrv2._state)
 
 
 def test_register_installs_the_verifier_and_the_cpu_fix(unregistered):
