@@ -2,9 +2,10 @@
 // vLLM's flattened layout (drafts [N] with running totals per request), from probabilities or
 // from logits. The algorithm is specdecode/reference/rejection_sample_ragged.py; the chain itself
 // is chain::verify_chain (csrc/rejection_core.h), shared with the padded op. OpenMP across requests.
-// From logits, a row's softmax statistics (max, 1 / sum) are computed when the row is first
-// needed, and probabilities are recomputed from the logits where they are read: [N, V]
-// probabilities are never stored.
+// From logits, a row's softmax statistics (max, 1 / sum) are computed in one pass when the row is
+// first needed, and probabilities are recomputed from the logits where they are read: [N, V]
+// probabilities are never stored. The row kernels (exp, sums) are sampling.h's: AVX2 when the CPU
+// has it, SSE2 otherwise, the same bits either way.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -22,6 +24,7 @@
 namespace specdecode {
 namespace {
 
+using sampling::exp_nonpositive;
 using sampling::kScanBlock;
 using sampling::positive_part;
 
@@ -31,33 +34,6 @@ constexpr const char* kOp = "rejection_sample_ragged";
 #define RAGGED_DISPATCH_FLOATS(TYPE, NAME, ...)                         \
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
                                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
-
-// exp(x) for x <= 0 (softmax arguments), written so that `omp simd` vectorises it (std::exp
-// does not vectorise without -ffast-math): 2^n * poly(r) with r = x - n ln 2, |r| <= ln 2 / 2, a
-// degree-6 Taylor polynomial (relative error below 2.3e-7, measured on [-87, 0]). exp(-inf) (masked logits) is exactly 0;
-// NaN stays NaN.
-inline float exp_nonpositive(float x) {
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding then subtracting it rounds to an integer
-  const float clamped = x < -87.0f ? -87.0f : x;
-  // Not std::floor / std::nearbyint: without SSE4.1 they are calls, which stop the vectoriser.
-  const float n = (clamped * kLog2e + kRound) - kRound;
-  const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
-  float poly = 1.0f / 720.0f;
-  poly = poly * r + 1.0f / 120.0f;
-  poly = poly * r + 1.0f / 24.0f;
-  poly = poly * r + 1.0f / 6.0f;
-  poly = poly * r + 0.5f;
-  poly = poly * r + 1.0f;
-  poly = poly * r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  const float value = poly * scale;
-  return x < -87.0f ? 0.0f : (x == x ? value : x);
-}
-
-inline float nan_to_neg_inf(float value) { return value == value ? value : -std::numeric_limits<float>::infinity(); }
 
 // One vocabulary row as a distribution: probabilities as given, or softmax(logits / T), whose
 // statistics `prepare()` computes. prob(v) is what every comparison and weight reads.
@@ -76,40 +52,33 @@ struct Distribution {
     return is_logits ? exp_nonpositive(scaled(v) - max) * inv_sum : static_cast<float>(data[v]);
   }
 
-  // probs[v - begin] = prob(v) on one block, vectorised.
+  // probs[v - begin] = prob(v) on one block (at most kScanBlock long), vectorised.
   void probs(int64_t begin, int64_t end, float* out) const {
+    const int64_t n = end - begin;
     if (is_logits) {
-      const float shift = max, norm = inv_sum, t = temperature;
-#pragma omp simd
-      for (int64_t v = begin; v < end; ++v) out[v - begin] = exp_nonpositive(static_cast<float>(data[v]) / t - shift) * norm;
+      float buffer[std::is_same_v<scalar_t, float> ? 1 : kScanBlock];
+      sampling::kernels().probs(sampling::as_float(data + begin, n, buffer), n, temperature, max, inv_sum, out);
     } else {
-#pragma omp simd
-      for (int64_t v = begin; v < end; ++v) out[v - begin] = static_cast<float>(data[v]);
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(data[begin + i]);
     }
   }
 
+  // prob(v) for v in [begin, end) as a float array: the row itself (float32 probabilities), or
+  // computed into `buffer`.
+  const float* block(int64_t begin, int64_t end, float* buffer) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (!is_logits) return data + begin;
+    }
+    probs(begin, end, buffer);
+    return buffer;
+  }
+
+  // The softmax statistics, in one pass over the row (sampling::softmax_stats).
   void prepare() {
     if (!is_logits) return;
-    float best = -std::numeric_limits<float>::infinity();
-    const float t = temperature;
-#pragma omp simd reduction(max : best)
-    for (int64_t v = 0; v < vocab_size; ++v) {
-      const float value = nan_to_neg_inf(static_cast<float>(data[v]) / t);
-      best = value > best ? value : best;
-    }
-    max = best;
-    double total = 0.0;
-    for (int64_t begin = 0; begin < vocab_size; begin += kScanBlock) {
-      const int64_t end = std::min(vocab_size, begin + kScanBlock);
-      float block = 0.0f;
-#pragma omp simd reduction(+ : block)
-      for (int64_t v = begin; v < end; ++v) {
-        const float e = exp_nonpositive(static_cast<float>(data[v]) / t - best);
-        block += e == e ? e : 0.0f;
-      }
-      total += block;
-    }
-    inv_sum = static_cast<float>(1.0 / total);
+    const sampling::SoftmaxStats stats = sampling::softmax_stats(data, vocab_size, temperature);
+    max = stats.max;
+    inv_sum = stats.inv_sum;
   }
 };
 
@@ -130,16 +99,9 @@ struct Weights {
   double block_sum(int64_t begin, int64_t end) const {
     if (one_hot_id >= begin && one_hot_id < end) return exact_sum(begin, end);
     float q_block[kScanBlock], p_block[kScanBlock];
-    const int64_t n = end - begin;
-    q.probs(begin, end, q_block);
-    if (p != nullptr) {
-      p->probs(begin, end, p_block);
-    } else {
-      std::fill(p_block, p_block + n, 0.0f);
-    }
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) sum += positive_part(q_block[i] - p_block[i]);
+    const float* q_values = q.block(begin, end, q_block);
+    const float* p_values = p != nullptr ? p->block(begin, end, p_block) : nullptr;
+    const float sum = sampling::kernels().positive_diff_sum(q_values, p_values, end - begin);
     if (std::isinf(sum)) return exact_sum(begin, end);  // unnormalised huge rows: redo in double
     return sum;
   }
@@ -202,7 +164,14 @@ class RaggedRequest {
     return chain::in_vocab(id, a_.vocab_size) ? id : 0;
   }
 
-  int64_t target_argmax(int64_t i) const { return sampling::nan_safe_argmax(target_row(i), a_.vocab_size); }
+  // Cached: a greedy chain reads the argmax of the row it stops at twice (compare, then emit).
+  int64_t target_argmax(int64_t i) {
+    if (argmax_index_ != i) {
+      argmax_ = sampling::nan_safe_argmax(target_row(i), a_.vocab_size);
+      argmax_index_ = i;
+    }
+    return argmax_;
+  }
 
   bool accepts(int64_t i, int64_t x, float u) {
     const float p_x = a_.draft ? draft_dist(i).prob(x) : 1.0f;
@@ -247,6 +216,7 @@ class RaggedRequest {
   Distribution<target_t> target_;
   Distribution<draft_t> draft_;
   int64_t target_index_ = -1, draft_index_ = -1;
+  int64_t argmax_index_ = -1, argmax_ = 0;
 };
 
 template <typename target_t, typename draft_t, typename out_t>
