@@ -1,13 +1,19 @@
 """Token trees vs chains end to end on the shipped pair: accepted length, tokens/s, verify cost.
 
-    python -m bench.bench_tree_decoding           # batch 1 and 4; chains K = 2..8; trees of 4..64 nodes (25-40 min)
-    python -m bench.bench_tree_decoding --quick   # batch 1; K = 4, 8; three trees (~1 min)
+    python -m bench.bench_tree_decoding                 # batch 1 and 4; chains K = 2..8 (+ 11); trees of 4..64 nodes
+    python -m bench.bench_tree_decoding --batch-sizes 1 # batch 1 only (~3 min on an idle machine)
+    python -m bench.bench_tree_decoding --quick         # batch 1; K = 4, 8; five trees (~1 min)
+
+The full run takes about 13 minutes on a loaded 2-core machine.
 
 One torch thread (``--threads``). In one run, for each batch size, every method decodes the same
-prompts: plain decoding, chains (``speculative_generate(num_draft_tokens=K)``), static top-k
-trees and EAGLE-2-style dynamic trees (``speculative_generate(tree=TreeSpec...)``), alternating
-within each repeat so all see the same machine load; tokens/s is the median over repeats, the
-speedup is against plain decoding, the mean accepted length (tokens emitted per row-step) is
+prompts: plain decoding, chains (``speculative_generate(num_draft_tokens=K)``; K = 11 as well, a
+chain as long as the largest chain-with-siblings tree, outside the issue's K = 2..8), static top-k
+trees, EAGLE-2-style dynamic trees ranked by the calibrated acceptance table (greedy's default) and
+by the draft's softmax, and chains with siblings (``speculative_generate(tree=TreeSpec...)``;
+``specdecode.decoder.tree``), alternating within each repeat so all see the same machine load
+(repeat ``r`` decodes prompts ``r * batch ..``, so batch 1 covers three prompts); tokens/s is the
+median over repeats, the speedup is against plain decoding, the mean accepted length (tokens emitted per row-step) is
 summed over repeats. ``verified`` is the tokens the target reads per step (K + 1, or T + 1 for a
 tree of T nodes): the cost side of the trade. A ``kind="verify"`` table gives the target's forward
 time per node count (a chain's causal forward and a tree-attention forward of the same size), the
