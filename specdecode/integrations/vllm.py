@@ -259,24 +259,35 @@ def specdecode_rejection_sample(
             synthetic_conditional_rates=synthetic_conditional_rates,
             use_fp64_gumbel=use_fp64_gumbel,
         )
-    from specdecode.ops.rejection_sample_ragged import rejection_sample_ragged
+    import specdecode.ops.rejection_sample_ragged  # noqa: F401 - registers the op's CUDA kernel
 
-    _record_call(len(num_draft_tokens))
+    batch_size = len(num_draft_tokens)
+    _record_call(batch_size)
     device = target_logits.device
-    greedy, temperature = _greedy_and_temperature(sampling_metadata, len(num_draft_tokens), device)
-    output = rejection_sample_ragged(
+    greedy, temperature = _greedy_and_temperature(sampling_metadata, batch_size, device)
+    if sampling_metadata.all_greedy:
+        seeds = _constant_int64(GREEDY_SEED, device)
+    else:
+        seeds = _request_seeds(sampling_metadata, num_draft_tokens, device)
+    # The raw op, not the public wrapper: vLLM's tensors already have the op's layout (vLLM asserts
+    # it), and the op checks shapes, dtypes, devices and host-side values itself; the wrapper's
+    # Python checks cost ~0.1 ms per call, as much as the whole verification at B = 1.
+    token_ids, _ = torch.ops.specdecode.rejection_sample_ragged(
         draft_token_ids,
-        cu_num_draft_tokens=cu_num_draft_tokens,
-        max_num_draft_tokens=max_spec_len,
-        target_logits=target_logits,
-        draft_probs=draft_probs,
-        temperature=temperature,
-        greedy=greedy,
-        bonus_token_ids=bonus_token_ids,
-        seed=GREEDY_SEED if greedy is True else _request_seeds(sampling_metadata, num_draft_tokens, device),
-        output_dtype=torch.int32,  # vLLM's sampled_token_ids dtype
+        cu_num_draft_tokens,
+        draft_probs,
+        target_logits,
+        bonus_token_ids.view(-1),  # [B, 1] -> [B]
+        greedy,
+        temperature,
+        seeds,
+        _constant_int64(0, device),  # offsets
+        max_spec_len,
+        False,  # draft_is_logits: vLLM V1 passes probabilities
+        True,  # target_is_logits
+        torch.int32,  # vLLM's sampled_token_ids dtype
     )
-    return output.token_ids
+    return token_ids
 
 
 def _fallback_reason(synthetic_mode: bool, target_logits: torch.Tensor) -> str | None:
@@ -300,15 +311,27 @@ def _record_call(batch_size: int) -> None:
 
 
 def _greedy_and_temperature(sampling_metadata, batch_size: int, device: torch.device):
-    """``(greedy, temperature)`` for the op. vLLM has already divided the sampled requests' logits
-    by their temperatures, so those verify at temperature 1; greedy requests (vLLM's temperature
-    0) get 0, which the op treats as greedy (argmax of the unscaled logits, as vLLM does)."""
+    """``(greedy [B] bool, temperature [B] float32)`` for the op. vLLM has already divided the
+    sampled requests' logits by their temperatures, so those verify at temperature 1; greedy
+    requests (vLLM's temperature 0) get 0 and are greedy (argmax of the unscaled logits, as vLLM
+    does)."""
     if sampling_metadata.all_greedy:
-        return True, 0.0
+        return torch.ones(batch_size, dtype=torch.bool, device=device), torch.zeros(batch_size, device=device)
     if sampling_metadata.all_random:
-        return False, torch.ones(batch_size, dtype=torch.float32, device=device)
-    is_sampled = sampling_metadata.temperature != 0
-    return False, is_sampled.to(device=device, dtype=torch.float32)
+        return torch.zeros(batch_size, dtype=torch.bool, device=device), torch.ones(batch_size, device=device)
+    is_greedy = (sampling_metadata.temperature == 0).to(device)
+    return is_greedy, (~is_greedy).to(torch.float32)
+
+
+_CONSTANTS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _constant_int64(value: int, device: torch.device) -> torch.Tensor:
+    """A cached one-element int64 tensor on ``device`` (the op only reads it)."""
+    key = (value, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.full((1,), value, dtype=torch.int64, device=device)
+    return _CONSTANTS[key]
 
 
 def _request_seeds(sampling_metadata, num_draft_tokens: list[int], device: torch.device) -> torch.Tensor:
