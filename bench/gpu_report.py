@@ -117,6 +117,45 @@ def rejection_designs(batch: int, num_drafts: int, vocab: int, elem: int, accept
     return designs
 
 
+def ragged_designs(batch: int, num_drafts: int, vocab: int, acceptance: float) -> list[Design]:
+    """Expected DRAM bytes of one ragged verifier call *from logits*, in vLLM's layout: ``B``
+    requests of ``K`` drafts, ``[N + B, V]`` bf16 target logits (a bonus row per request, as MRV2
+    passes them; vLLM V1 samples the bonus elsewhere and passes ``[N, V]``), bf16 draft logits for
+    MRV2 and this kernel, float32 draft probabilities for MRV1 (what V1 keeps), all requests sampled.
+
+    - this kernel (``kernels/rejection_sample_ragged.py``), an upper bound: a softmax-statistics
+      pass over the target and draft rows of every *checked* position (the chain stops at the
+      first rejection: later rows are never read), then on the row it samples from one statistics
+      pass and the sampler's two passes (sum, then a scan that stops at the hit) over target and
+      draft rows; the rejected row's second read is counted although it is often served from L2;
+    - vLLM MRV2 (``vllm/v1/worker/gpu/spec_decode/``): per-block statistics of every draft
+      position's target and draft rows, written and reduced (small), then one Gumbel-max pass over
+      the resampled row (the rejected position's target and draft rows, or the bonus row);
+    - vLLM MRV1 (``vllm/v1/sample/rejection_sampler.py``): the target softmax materialised in
+      float32 for every draft position, one Exp(1) row per request (written, then read per
+      position), and the recovered-token pass reading ``q``, ``p`` and the noise at every position.
+    """
+    B, K, V = batch, num_drafts, vocab
+    target, draft_logit, draft_prob = 2, 2, 4  # element bytes: bf16 logits, float32 probabilities
+    dist = accepted_distribution(K, acceptance)
+    checked = sum(p * min(j + 1, K) for j, p in enumerate(dist))  # rows whose statistics are needed
+    residual = 1 - dist[-1]
+    io = B * K * 8 + B * (K + 2) * 8 + B * 8  # ids, cumulative counts, temperatures in; tokens out
+    row_pair = V * (target + draft_logit)  # one target row and one draft row
+    minimum = io + B * (checked * row_pair + residual * row_pair + (1 - residual) * V * target)
+    ours = io + B * (checked * row_pair + residual * 3 * row_pair + (1 - residual) * 3 * V * target)
+    stats = B * K * V * (target + draft_logit) + 2 * 2 * B * K * -(-V // 8192) * 4
+    mrv2 = io + stats + B * (residual * row_pair + (1 - residual) * V * target) + B * K * SECTOR
+    full = B * K * V
+    mrv1 = io + full * (target + 4) + B * V * 4 * 2 + full * (4 + draft_prob + 4) + B * checked * 2 * SECTOR
+    return [
+        Design("minimum (checked rows' statistics + the sampled row)", minimum),
+        Design("specdecode ragged kernel, from logits (<=)", ours),
+        Design("vLLM MRV2: statistics of every position + Gumbel-max resample", mrv2),
+        Design("vLLM MRV1: softmax materialised + per-position recovered", mrv1, full * 4 + B * V * 4),
+    ]
+
+
 def prune_designs(num_prompts: int, group: int, elem: int, keep_rate: float) -> list[Design]:
     N = num_prompts * group
     keep = int(round(keep_rate * group)) * num_prompts
@@ -165,6 +204,11 @@ REJECTION_SIZES = [  # (B, K, V, element bytes, label)
     (64, 16, 128256, 4, "vLLM PR #45369, fp32"),
     (128, 4, 151936, 4, "vLLM PR #53090 (Qwen), fp32"),
 ]
+RAGGED_SIZES = [  # (B, K, V, label): bf16 logits in vLLM's layout
+    (1, 4, 128256, "Llama-3, 1 request"),
+    (64, 4, 128256, "Llama-3"),
+    (256, 4, 151936, "Qwen"),
+]
 PRUNE_SIZES = [
     (1, 1000, 4, "1 prompt x 1000 (Best-of-1000)"),
     (8, 128, 4, "8 prompts x 128"),
@@ -199,6 +243,8 @@ def bytes_rows(acceptance: float = 0.7) -> list[dict]:
 
     for B, K, V, e, label in REJECTION_SIZES:
         add("rejection_sample", f"B={B} K={K} V={V} ({label})", rejection_designs(B, K, V, e, acceptance))
+    for B, K, V, label in RAGGED_SIZES:
+        add("rejection_sample_ragged", f"B={B} K={K} V={V} ({label})", ragged_designs(B, K, V, acceptance))
     for P, n, e, label in PRUNE_SIZES:
         add("topk_prune", label, prune_designs(P, n, e, keep_rate=0.5))
     for num_rows, seq, keep_rate, label in COMPACTION_SIZES:

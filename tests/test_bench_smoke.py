@@ -99,12 +99,13 @@ def test_gpu_report_compiles_one_kernel_and_models_bytes(tmp_path):
     assert compiled["target"] == "sm_90" and compiled["registers"] > 0 and compiled["spills"] == 0
     assert compiled["widest_load"] >= 4  # at least the fp32 reward loads
     modelled = [r for r in rows if r["kind"] == "bytes"]
-    assert {r["op"] for r in modelled} == {"rejection_sample", "topk_prune", "compact_kv_cache_"}
+    ops = {"rejection_sample", "rejection_sample_ragged", "topk_prune", "compact_kv_cache_"}
+    assert {r["op"] for r in modelled} == ops
     assert all(r["bytes"] >= r["min_bytes"] > 0 and r["acceptance"] == 0.7 for r in modelled)
     section = gpu_report.section(rows)
     (compile_header, compile_body), *bytes_tables = tables(section)
     assert compile_header == gpu_report.COMPILE_HEADER and compile_body[0][:2] == ["topk_prune[float32]", "sm_90"]
-    assert len(bytes_tables) == 3 and all(header == gpu_report.BYTES_HEADER for header, _ in bytes_tables)
+    assert len(bytes_tables) == 4 and all(header == gpu_report.BYTES_HEADER for header, _ in bytes_tables)
     assert "sm_90" in section.about and "1 of 1 (case, target) compiles succeeded" in section.items[0][1]
 
 
@@ -137,6 +138,16 @@ def test_bytes_model_orders_designs_and_counts_exactly():
         minimum, ours, *peers = gpu_report.rejection_designs(B, K, V, e, 0.7)
         assert minimum.bytes <= ours.bytes <= 2 * minimum.bytes
         assert all(peer.bytes > ours.bytes for peer in peers)
+    # Ragged from logits: at a = 1 every row is checked and accepted (bonus row: 3 passes, MRV2: 1);
+    # at a = 0 one row is checked and it is the sampled one.
+    minimum, ours, mrv2, mrv1 = gpu_report.ragged_designs(1, 4, 1000, 1.0)
+    io = 4 * 8 + 6 * 8 + 8
+    assert ours.bytes == io + 4 * 1000 * 4 + 3 * 1000 * 2 and minimum.bytes == io + 4 * 1000 * 4 + 1000 * 2
+    minimum, ours, mrv2, mrv1 = gpu_report.ragged_designs(1, 4, 1000, 0.0)
+    assert ours.bytes == io + 1000 * 4 + 3 * 1000 * 4 and mrv2.bytes > 4 * 1000 * 4 + 1000 * 4
+    for B, K, V, _ in gpu_report.RAGGED_SIZES:
+        minimum, ours, mrv2, mrv1 = gpu_report.ragged_designs(B, K, V, 0.7)
+        assert minimum.bytes <= min(ours.bytes, mrv2.bytes) and max(ours.bytes, mrv2.bytes) < mrv1.bytes
     rows = gpu_report.bytes_rows()
     minimum_row = next(r for r in rows if r["design"] == "minimum")
     assert gpu_report.bytes_table([minimum_row])[0][3] == "1.00x"
