@@ -295,6 +295,20 @@ def test_prompt_ids_in_range_pass_the_check(pair):
     assert generate(small, [[0, 7], [7, 0]], 2, eos_id=None).num_tokens.tolist() == [2, 2]
 
 
+def test_ragged_prompts_and_frozen_rows_with_a_vocabulary_smaller_than_pad():
+    """PAD (258) fills a short prompt and a finished row; a model with 8 tokens has no such id, yet
+    each row's greedy text equals its own run alone (padding positions are never attended)."""
+    small, _ = tiny_pair(vocab_size=8)
+    prompts = [[1, 2, 3], [4]]
+    together = generate(small, prompts, 4, eos_id=None, temperature=0.0)
+    for row, prompt in enumerate(prompts):
+        alone = generate(small, [prompt], 4, eos_id=None, temperature=0.0)
+        assert together.tokens[row].tolist() == alone.tokens[0].tolist()
+    first = together.tokens[0, 0].item()  # a row that emits EOS early is frozen and fed PAD after it
+    frozen = generate(small, prompts, 4, eos_id=first, temperature=0.0)
+    assert frozen.num_tokens[0].item() == 1
+
+
 # ---- the decode state keeps every cache's lengths true -----------------------------------------
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdecode.decoder.tokenizer import VOCAB_SIZE
+from specdecode.decoder.tokenizer import PAD_ID, VOCAB_SIZE
 
 
 @dataclass
@@ -352,12 +352,21 @@ class Transformer(nn.Module):
             raise ValueError("input_pos: with tree=..., positions come from the tree; pass input_pos=None")
         return self._run(tokens, tree.slots(), tree.positions(), tree.mask(cache.max_seq_len), cache)
 
+    def _embeddable(self, tokens: Tensor) -> Tensor:
+        """The decoder feeds PAD_ID where a ragged prompt is padded or a finished row is frozen; no
+        later query attends to those positions (their K/V is overwritten first), so any id serves.
+        A model whose vocabulary has no PAD entry (vocab_size <= PAD_ID, e.g. a tiny test model)
+        embeds token 0 there instead of failing; with the shipped vocabulary nothing changes."""
+        if self.config.vocab_size > PAD_ID:
+            return tokens
+        return torch.where(tokens == PAD_ID, 0, tokens)
+
     def _run(self, tokens: Tensor, slots: Tensor, positions: Tensor, mask: Tensor | None, cache) -> Tensor:
         """The layers: K/V written at ``slots [B, T]``, RoPE at ``positions [B, T]``, ``mask`` as SDPA's."""
         cos = self.rope_cos[positions][:, :, None, :].to(self.dtype)  # (B, T, 1, D/2)
         sin = self.rope_sin[positions][:, :, None, :].to(self.dtype)
 
-        x = self.tok_embeddings(tokens)  # (B, T, C)
+        x = self.tok_embeddings(self._embeddable(tokens))  # (B, T, C)
         for i, layer in enumerate(self.layers):
             cache_k = cache.k[i] if cache is not None else None
             cache_v = cache.v[i] if cache is not None else None
