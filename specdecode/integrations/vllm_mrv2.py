@@ -65,6 +65,9 @@ from dataclasses import dataclass
 
 import torch
 
+# The V1 plugin's names for what both adapters share: one logger, one list of devices with a kernel.
+from specdecode.integrations.vllm import SUPPORTED_DEVICE_TYPES, logger
+
 __all__ = ["install", "specdecode_mrv2_rejection_sample", "MRV2_MODULE", "EXPECTED_PARAMETERS"]
 
 # Where MRV2's RejectionSampler._verify looks up ``rejection_sample`` (it imports the name from
@@ -91,12 +94,9 @@ EXPECTED_PARAMETERS = (
     "watermarking_skip_mask",
     "watermark_key",
 )
-SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")  # where torch.ops.specdecode.rejection_sample_ragged has a kernel
 SUPPORTED_LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GREEDY_TEMPERATURE = 0.0  # MRV2's (and the op's) marker of a greedy request
 UNIT_TEMPERATURE = 1.0  # the op's temperature for sampled requests: MRV2 has already scaled the target
-
-logger = logging.getLogger("vllm.specdecode")  # a child of vLLM's logger: printed with vLLM's format
 
 
 @dataclass(frozen=True)
