@@ -1,20 +1,23 @@
 """Token trees vs chains end to end on the shipped pair: accepted length, tokens/s, verify cost.
 
-    python -m bench.bench_tree_decoding                 # batch 1 and 4; chains K = 2..8 (+ 11); trees of 4..64 nodes
-    python -m bench.bench_tree_decoding --batch-sizes 1 # batch 1 only (~3 min on an idle machine)
+    python -m bench.bench_tree_decoding                 # batch 1 and 4; chains K = 2..8 (+ 11, 12, 14)
+    python -m bench.bench_tree_decoding --batch-sizes 1 # batch 1 only (~4 min on an idle machine)
+    python -m bench.bench_tree_decoding --batch-sizes 1 --repeats 8  # every prompt once per method
     python -m bench.bench_tree_decoding --quick         # batch 1; K = 4, 8; five trees (~1 min)
 
 The full run takes about 13 minutes on a loaded 2-core machine.
 
 One torch thread (``--threads``). In one run, for each batch size, every method decodes the same
-prompts: plain decoding, chains (``speculative_generate(num_draft_tokens=K)``; K = 11 as well, a
-chain as long as the largest chain-with-siblings tree, outside the issue's K = 2..8), static top-k
-trees, EAGLE-2-style dynamic trees ranked by the calibrated acceptance table (greedy's default) and
-by the draft's softmax, and chains with siblings (``speculative_generate(tree=TreeSpec...)``;
-``specdecode.decoder.tree``), alternating within each repeat so all see the same machine load
-(repeat ``r`` decodes prompts ``r * batch ..``, so batch 1 covers three prompts); tokens/s is the
-median over repeats, the speedup is against plain decoding, the mean accepted length (tokens emitted per row-step) is
-summed over repeats. ``verified`` is the tokens the target reads per step (K + 1, or T + 1 for a
+prompts: plain decoding, chains (``speculative_generate(num_draft_tokens=K)``; K = 11, 12, 14 as
+well, chains that verify as many tokens as the larger trees, outside the issue's K = 2..8), static
+top-k trees, EAGLE-2-style dynamic trees (depth 8, and as deep as the long chains) ranked by the
+calibrated acceptance table (greedy's default) and by the draft's softmax, and chains with siblings
+(``speculative_generate(tree=TreeSpec...)``; ``specdecode.decoder.tree``), alternating within each
+repeat so all see the same machine load (repeat ``r`` decodes prompts ``r * batch ..``, so batch 1
+covers three prompts); tokens/s is the median over repeats, the speedup is against plain decoding,
+the mean accepted length (tokens emitted per row-step) is summed over repeats; the goal lines add
+the best tree's tokens/s over the best chain's repeat by repeat (same prompts), whose range shows
+the run-to-run spread. ``verified`` is the tokens the target reads per step (K + 1, or T + 1 for a
 tree of T nodes): the cost side of the trade. A ``kind="verify"`` table gives the target's forward
 time per node count (a chain's causal forward and a tree-attention forward of the same size), the
 price of a larger tree. Greedy rows also count the rows whose text equals plain decoding's.
@@ -42,15 +45,20 @@ TOPIC = "tree_decoding"
 STATIC_BRANCHINGS = [(2, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1, 1, 1), (2, 2, 1, 1, 1, 1, 1, 1), (4, 2, 1, 1, 1, 1, 1, 1)]
 DYNAMIC_BUDGETS = [4, 8, 16, 32, 64]
 DYNAMIC_TOP_K, DYNAMIC_DEPTH = 4, 8
+# (node budget, top_k, depth): dynamic trees as deep as the longer chains below -- this draft's
+# top-1 is the target's greedy token ~88% of the time, so a tree needs depth before breadth pays
+DEEP_DYNAMIC = [(11, 2, 11), (12, 2, 12), (14, 3, 12)]
 SOFTMAX_BUDGETS = [4, 8]  # EAGLE-2's ranking by the draft's (sharpened) softmax, for comparison
 # (depth, extra nodes, keep the whole chain): False = the most valuable depth + extra nodes of the
 # chain and its runner-ups, at the draft cost of a chain of that depth
 CHAIN_WITH_SIBLINGS = [(8, 0, False), (10, 1, True), (11, 0, False)]
-EXTRA_KS = [11]  # a chain as long as the longest chain+siblings tree verifies (outside the issue's K = 2..8)
+# chains that verify as many tokens per step as the larger trees (outside the issue's K = 2..8): the
+# equal-verified-tokens comparison needs them
+EXTRA_KS = [11, 12, 14]
 
 
 def methods(
-    ks, static_branchings, dynamic_budgets, softmax_budgets=(), chain_with_siblings=(), extra_ks=()
+    ks, static_branchings, dynamic_budgets, softmax_budgets=(), chain_with_siblings=(), extra_ks=(), deep_dynamic=()
 ) -> list[dict]:
     """Every method to compare: ``{"method", "label", "k" | "tree", "verified"}``. ``method`` is
     ``chain`` (the issue's K range), ``long_chain`` (``extra_ks``), ``static``, ``dynamic``
@@ -59,6 +67,7 @@ def methods(
     out += [{"method": "long_chain", "label": f"chain K={k}", "k": k, "verified": k + 1} for k in extra_ks]
     specs = [("static", TreeSpec.static(tuple(b))) for b in static_branchings]
     specs += [("dynamic", TreeSpec.dynamic(b, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH)) for b in dynamic_budgets]
+    specs += [("dynamic", TreeSpec.dynamic(b, top_k=k, depth=d)) for b, k, d in deep_dynamic]
     specs += [
         ("dynamic_softmax", TreeSpec.dynamic(b, top_k=DYNAMIC_TOP_K, depth=DYNAMIC_DEPTH, greedy_ranking="softmax"))
         for b in softmax_budgets
@@ -126,6 +135,7 @@ def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: floa
                 "label": label,
                 "verified": method["verified"],
                 "tokens_per_s": rate,
+                "tokens_per_s_each": rates[label],  # one per repeat, the same prompts for every method
                 "speedup": rate / plain_rate,
                 "mean_accepted_length": emitted[label] / row_steps[label],
                 "same_text": same[label] if temperature == 0 else None,
@@ -169,6 +179,7 @@ def settings(quick: bool) -> dict:
             "softmax_budgets": [8],
             "chain_with_siblings": [(8, 0, False)],
             "extra_ks": [],
+            "deep_dynamic": [],
             "max_new_tokens": 48,
             "repeats": 1,
             "node_counts": [1, 9, 17],
@@ -182,9 +193,10 @@ def settings(quick: bool) -> dict:
         "softmax_budgets": SOFTMAX_BUDGETS,
         "chain_with_siblings": CHAIN_WITH_SIBLINGS,
         "extra_ks": EXTRA_KS,
+        "deep_dynamic": DEEP_DYNAMIC,
         "max_new_tokens": 128,
         "repeats": 3,
-        "node_counts": [1, 3, 5, 9, 12, 17, 33, 65],
+        "node_counts": [1, 3, 5, 9, 12, 13, 15, 17, 33, 65],
         "forward_reps": 20,
     }
 
@@ -197,6 +209,7 @@ def run(
     softmax_budgets=(),
     chain_with_siblings=(),
     extra_ks=(),
+    deep_dynamic=(),
     temperature: float = 0.0,
     max_new_tokens: int = 128,
     repeats: int = 2,
@@ -225,7 +238,9 @@ def run(
         ]
         log("  tree decoding: verify cost ...", flush=True)
         rows += verify_cost_rows(target, batch_sizes, node_counts, forward_reps)
-        chosen = methods(ks, static_branchings, dynamic_budgets, softmax_budgets, chain_with_siblings, extra_ks)
+        chosen = methods(
+            ks, static_branchings, dynamic_budgets, softmax_budgets, chain_with_siblings, extra_ks, deep_dynamic
+        )
         for batch in batch_sizes:
             log(f"  tree decoding: batch {batch}, {len(chosen)} methods ...", flush=True)
             rows += decode_rows(target, draft, batch, chosen, temperature, max_new_tokens, repeats)
@@ -256,7 +271,7 @@ def goal_lines(decoded: list[dict]) -> list[str]:
                 f"Batch {batch}: the best tree ({tree['label']}, {tree['tokens_per_s']:.1f} tokens/s, "
                 f"{tree['speedup']:.2f}x plain) {verdict} the best chain ({chain['label']}, "
                 f"{chain['tokens_per_s']:.1f} tokens/s, {chain['speedup']:.2f}x): ratio "
-                f"{tree['tokens_per_s'] / chain['tokens_per_s']:.2f}."
+                f"{tree['tokens_per_s'] / chain['tokens_per_s']:.2f}{_spread(tree, chain)}."
             )
         for long in (r for r in rows if r["method"] == "long_chain"):
             if tree:
@@ -279,6 +294,13 @@ def goal_lines(decoded: list[dict]) -> list[str]:
     return lines + ([verdict] if verdict else [])
 
 
+def _spread(a: dict, b: dict) -> str:
+    """`` (per repeat 0.91-1.12)``: ``a``'s tokens/s over ``b``'s repeat by repeat (same prompts),
+    the run-to-run spread a ratio of medians hides."""
+    each = [x / y for x, y in zip(a.get("tokens_per_s_each", []), b.get("tokens_per_s_each", []))]
+    return f" (per repeat {min(each):.2f}-{max(each):.2f})" if len(each) > 1 else ""
+
+
 def verdict_line(decoded: list[dict]) -> str | None:
     """``tree vs best chain at batch 1: <x>x; accepted length at equal verified tokens: tree <a> vs
     chain <b>``: the best tree's tokens/s over the best chain's (K = 2..8) at batch 1, and the
@@ -290,7 +312,8 @@ def verdict_line(decoded: list[dict]) -> str | None:
         return None
     chains = {r["verified"]: r for r in rows if r["method"] == "chain"}
     shared = [r for r in rows if r["method"] == "dynamic" and r["verified"] in chains]
-    text = f"tree vs best chain at batch 1: {tree['tokens_per_s'] / chain['tokens_per_s']:.2f}x ({tree['label']})"
+    ratio = tree["tokens_per_s"] / chain["tokens_per_s"]
+    text = f"tree vs best chain at batch 1: {ratio:.2f}x{_spread(tree, chain)} ({tree['label']} vs {chain['label']})"
     if shared:
         d = max(shared, key=lambda r: r["verified"])
         c = chains[d["verified"]]
@@ -388,8 +411,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one by default")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 4 (1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, 1 with --quick)")
     args = parser.parse_args(argv)
     kwargs = settings(args.quick) | ({"batch_sizes": args.batch_sizes} if args.batch_sizes else {})
+    kwargs |= {"repeats": args.repeats} if args.repeats else {}
     rows = run(**kwargs, temperature=args.temperature, threads=args.threads)
     print(section(rows).terminal())
 
