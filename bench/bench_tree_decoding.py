@@ -2,7 +2,7 @@
 
     python -m bench.bench_tree_decoding                 # batch 1 and 4; chains K = 2..8 (+ 11, 12, 14)
     python -m bench.bench_tree_decoding --batch-sizes 1 # batch 1 only (~4 min on an idle machine)
-    python -m bench.bench_tree_decoding --batch-sizes 1 --repeats 8  # every prompt once per method
+    python -m bench.bench_tree_decoding --batch-sizes 1 --repeats 8 --confirm 24  # + a head-to-head
     python -m bench.bench_tree_decoding --quick         # batch 1; K = 4, 8; five trees (~1 min)
 
 The full run takes about 13 minutes on a loaded 2-core machine.
@@ -28,6 +28,7 @@ Rows: ``run(...)`` returns them and saves ``bench/out/tree_decoding.json``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 
@@ -145,6 +146,68 @@ def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: floa
     return rows
 
 
+def head_to_head_rows(target, draft, pair: list[dict], rounds: int, temperature: float, max_new_tokens: int):
+    """``kind="head_to_head"`` rows: fresh timings of two methods chosen by an earlier run (its best
+    tree and best chain at batch 1), so the choice's luck with the machine's noise does not carry
+    over. Round ``r`` decodes prompt ``r`` (mod 8) with both, back to back, the order alternating;
+    one row per round with both tokens/s."""
+    rows = []
+    for r in range(rounds + 1):  # round 0 warms up
+        prompt = [PROMPTS[r % len(PROMPTS)]]
+        order = pair if r % 2 == 0 else pair[::-1]
+        rates = {}
+        for method in order:
+            generator = torch.Generator().manual_seed(r)
+            out = _decode(target, draft, prompt, max_new_tokens, temperature, generator, method)
+            rates[method["label"]] = out.stats["tokens_per_second"]
+        if r:
+            first, second = (rates[m["label"]] for m in pair)
+            rows.append(
+                {"kind": "head_to_head", "batch": 1, "round": r, "first": pair[0]["label"], "second": pair[1]["label"]}
+                | {"first_tokens_per_s": first, "second_tokens_per_s": second, "ratio": first / second}
+            )
+    return rows
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(median, low, high)``: the sample median and a distribution-free interval for the true median
+    from order statistics -- ``[x_(j), x_(n+1-j)]`` with the largest ``j`` whose two-sided binomial
+    tail ``2 P(Binomial(n, 1/2) < j)`` is at most ``1 - confidence`` (the whole range if none).
+
+    >>> median_interval([float(x) for x in range(1, 11)])
+    (5.5, 2.0, 9.0)
+    """
+    x, n = sorted(values), len(values)
+    j = 0
+    while j + 1 <= n and 2 * sum(math.comb(n, i) for i in range(j + 1)) / 2**n <= 1 - confidence:
+        j += 1
+    low, high = (x[j - 1], x[n - j]) if j else (x[0], x[-1])
+    return statistics.median(x), low, high
+
+
+def sign_test_p(wins: int, n: int) -> float:
+    """One-sided sign test: ``P(Binomial(n, 1/2) >= wins)``, the chance of at least ``wins`` wins in
+    ``n`` rounds if neither method were faster."""
+    return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n
+
+
+def head_to_head_line(rows: list[dict]) -> str | None:
+    """One line summarising ``kind="head_to_head"`` rows (``None`` without them)."""
+    if not rows:
+        return None
+    ratios = [r["ratio"] for r in rows]
+    median, low, high = median_interval(ratios)
+    wins = sum(r > 1 for r in ratios)
+    # below 6 rounds no pair of order statistics covers the median with 95% confidence
+    spread = "95% interval of the median" if len(rows) >= 6 else "range"
+    return (
+        f"Confirmation, fresh timings ({len(rows)} rounds, one prompt each, back to back, order alternating): "
+        f"{rows[0]['first']} / {rows[0]['second']} tokens/s median {median:.3f}, {spread} "
+        f"[{low:.3f}, {high:.3f}]; the tree was faster in {wins} of {len(rows)} rounds (sign test p = "
+        f"{sign_test_p(wins, len(rows)):.3g})."
+    )
+
+
 @torch.no_grad()
 def verify_cost_rows(target, batch_sizes, node_counts, reps: int) -> list[dict]:
     """``kind="verify"``: the target's forward ms for ``n`` tokens at position 200, as a chain (causal)
@@ -210,6 +273,7 @@ def run(
     chain_with_siblings=(),
     extra_ks=(),
     deep_dynamic=(),
+    confirm_rounds: int = 0,
     temperature: float = 0.0,
     max_new_tokens: int = 128,
     repeats: int = 2,
@@ -220,8 +284,10 @@ def run(
     out_dir: str | None = OUT_DIR,
     log: Log = print,
 ) -> list[dict]:
-    """A ``kind="setup"`` row, the ``kind="verify"`` rows of ``verify_cost_rows`` and the
-    ``kind="decode"`` rows of ``decode_rows`` per batch size; no rows without weights."""
+    """A ``kind="setup"`` row, the ``kind="verify"`` rows of ``verify_cost_rows``, the
+    ``kind="decode"`` rows of ``decode_rows`` per batch size and, with ``confirm_rounds``, the
+    ``kind="head_to_head"`` rows of the batch-1 best tree against the best chain; no rows without
+    weights."""
     if not weights_available(weights_dir):
         log(f"  weights not found in {weights_dir or 'the shipped directory'}: tree decoding skipped", flush=True)
         return save_rows(TOPIC, [], out_dir)
@@ -244,6 +310,12 @@ def run(
         for batch in batch_sizes:
             log(f"  tree decoding: batch {batch}, {len(chosen)} methods ...", flush=True)
             rows += decode_rows(target, draft, batch, chosen, temperature, max_new_tokens, repeats)
+        batch_one = [r for r in of_kind(rows, "decode") if r["batch"] == 1]
+        tree, chain = _best(batch_one, TREE_METHODS), _best(batch_one, "chain")
+        if confirm_rounds and tree and chain:
+            log(f"  tree decoding: {tree['label']} vs {chain['label']}, {confirm_rounds} rounds ...", flush=True)
+            pair = [next(m for m in chosen if m["label"] == r["label"]) for r in (tree, chain)]
+            rows += head_to_head_rows(target, draft, pair, confirm_rounds, temperature, max_new_tokens)
     return save_rows(TOPIC, rows, out_dir)
 
 
@@ -392,6 +464,9 @@ def section(rows: list[dict], figures_dir: str | None = None) -> Section:
         lines = goal_lines(decoded)
         s.text("\n".join(f"- {line}" for line in lines[:-1]))
         s.text(f"**Verdict:** {lines[-1]}")
+        confirmation = head_to_head_line(of_kind(rows, "head_to_head"))
+        if confirmation:
+            s.text(f"**{confirmation}**")
         s.text(
             "A bigger tree pays in tokens/s only while the target's verify cost ('vs 1 token' above) "
             "grows more slowly than the mean accepted length: where the target streams its weights "
@@ -412,9 +487,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 4 (1 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, 1 with --quick)")
+    parser.add_argument(
+        "--confirm", type=int, default=0, help="rounds of a fresh head-to-head of the batch-1 best tree and chain"
+    )
     args = parser.parse_args(argv)
     kwargs = settings(args.quick) | ({"batch_sizes": args.batch_sizes} if args.batch_sizes else {})
     kwargs |= {"repeats": args.repeats} if args.repeats else {}
+    kwargs |= {"confirm_rounds": args.confirm}
     rows = run(**kwargs, temperature=args.temperature, threads=args.threads)
     print(section(rows).terminal())
 

@@ -20,6 +20,7 @@ from bench import bench_compact_kv as compact
 from bench import bench_e2e as e2e
 from bench import bench_rejection_sample as verifier
 from bench import bench_topk_prune as prune
+from bench import bench_tree_decoding as tree_bench
 from bench import gpu_report, plots
 from bench import seed_experiment as se
 from bench.prompts import PROMPTS, weights_available
@@ -163,6 +164,23 @@ def test_chi2_tail_matches_known_values():
     assert math.isclose(chi2_sf(1000.0, 1000), 0.4940, abs_tol=1e-3)
     assert chi2_sf(0.0, 3) == 1.0 and chi2_sf(math.inf, 3) == 0.0
     assert chi2_sf(500.0, 100) < 1e-40
+
+
+def test_median_interval_and_sign_test_by_hand():
+    """The head-to-head's statistics: for n = 10 the 95% interval of the median is [x_(2), x_(9)]
+    (coverage 1 - 2 * 11/1024 = 0.979; [x_(3), x_(8)] would cover only 0.891); the sign test's tail
+    for 9 wins of 10 is 11/1024."""
+    values = [10.0, 1.0, 9.0, 2.0, 8.0, 3.0, 7.0, 4.0, 6.0, 5.0]
+    assert tree_bench.median_interval(values) == (5.5, 2.0, 9.0)
+    assert tree_bench.median_interval([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)  # too few for 95%: the range
+    assert tree_bench.sign_test_p(9, 10) == 11 / 1024
+    assert tree_bench.sign_test_p(0, 5) == 1.0
+    rows = [{"first": "tree", "second": "chain", "ratio": r} for r in (1.2, 0.9, 1.1, 1.3, 1.05)]
+    line = tree_bench.head_to_head_line(rows)
+    assert "median 1.100, range [0.900, 1.300]" in line and "faster in 4 of 5 rounds" in line
+    assert "p = 0.188" in line  # 6/32
+    assert "95% interval of the median [0.900, 1.300]" in tree_bench.head_to_head_line(rows + rows[:1])
+    assert tree_bench.head_to_head_line([]) is None
 
 
 def test_seed_experiment_tiny_pair_follows_target():
