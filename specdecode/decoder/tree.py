@@ -391,6 +391,51 @@ def _static_tree(
     return DraftTree(torch.cat(tokens, 1), parents, draft_probs, draws, depths, ancestors)
 
 
+@dataclass(frozen=True)
+class _DynamicLayout:
+    """What a dynamic tree's shape fixes, whatever the draft proposes: candidates are numbered level
+    by level (root 0, level 1 ``1..k``, then ``k^2`` per level, each level grouped by parent in
+    frontier order), and the frontier of level ``L`` is fed at slots ``1 + (L-1) k ..``, so a
+    candidate's depth, the slot of its parent and every fed slot's depth depend on the index only.
+    ``level_start [depth + 1]``: first candidate of each level (and the end); ``depths [N]``;
+    ``parent_slot [N]`` (the root's 0, unused); ``fed_depths [F]``; ``eye [F, F]``."""
+
+    level_start: list[int]
+    depths: Tensor
+    parent_slot: Tensor
+    fed_depths: Tensor
+    eye: Tensor
+
+    def slots(self, level: int, k: int) -> slice:
+        """The fed slots of level ``level``'s frontier."""
+        return slice(1 + (level - 1) * k, 1 + level * k)
+
+
+_DYNAMIC_LAYOUTS: dict[tuple[int, int, str], _DynamicLayout] = {}
+
+
+def _dynamic_layout(k: int, depth: int, device: torch.device) -> _DynamicLayout:
+    key = (k, depth, str(device))
+    if key not in _DYNAMIC_LAYOUTS:
+        sizes = [1, k] + [k * k] * (depth - 1)
+        level_start = [sum(sizes[:level]) for level in range(depth + 2)]
+        depths = torch.cat([torch.full((size,), level) for level, size in enumerate(sizes)])
+        parent_slot = torch.zeros(level_start[-1], dtype=torch.int64)
+        for level in range(2, depth + 1):  # children of the frontier fed at level - 1, k apiece
+            first_slot = 1 + (level - 2) * k
+            parent_slot[level_start[level] : level_start[level + 1]] = first_slot + torch.arange(k * k) // k
+        fed = 1 + k * (depth - 1)
+        fed_depths = torch.cat([torch.zeros(1, dtype=torch.int64), torch.arange(1, depth).repeat_interleave(k)])
+        _DYNAMIC_LAYOUTS[key] = _DynamicLayout(
+            level_start,
+            depths.to(device),
+            parent_slot.to(device),
+            fed_depths.to(device),
+            torch.eye(fed, dtype=torch.bool, device=device),
+        )
+    return _DYNAMIC_LAYOUTS[key]
+
+
 def _dynamic_tree(
     draft: Transformer,
     cache: KVCache,
@@ -403,54 +448,54 @@ def _dynamic_tree(
     """EAGLE-2's expand-then-rerank (module docstring), every row at once with fixed shapes.
 
     *Candidates* (every node generated): root 0, then level 1 (``top_k``), then ``top_k^2`` per
-    further level, with ``scores`` = log path probabilities. Only *fed* nodes (root, then the
-    ``top_k`` expanded per level) need K/V in the draft's cache: fed node ``f`` is written at
-    position ``root + f``, and ``fed_ancestors`` is the tree attention over them."""
-    B, k = root_probs.shape[0], spec.top_k
+    further level, with ``scores`` = log path values. Only *fed* nodes (root, then the ``top_k``
+    expanded per level) need K/V in the draft's cache: fed node ``f`` is written at position
+    ``root + f``, and ``fed_ancestors`` is the tree attention over them (a fed node's row: its
+    parent's row and itself). What the shape fixes is precomputed (``_DynamicLayout``), so a level
+    costs one draft forward and a few small ops: the draft's overhead per level is what a deep
+    tree pays over a chain."""
+    B, k, depth = root_probs.shape[0], spec.top_k, spec.depth
     device = root_probs.device
-    N, F = spec.candidate_nodes, 1 + k * (spec.depth - 1)
+    layout = _dynamic_layout(k, depth, device)
     rows = torch.arange(B, device=device)[:, None]
-    tokens = torch.zeros(B, N, dtype=torch.int64, device=device)
-    parents = torch.zeros(B, N, dtype=torch.int64, device=device)  # candidate indices; the root's is unused
-    depths = torch.zeros(B, N, dtype=torch.int64, device=device)
-    scores = torch.zeros(B, N, device=device)
-    fed_slot = torch.full((B, N), -1, dtype=torch.int64, device=device)  # -1: never fed
+    fed_ancestors = layout.eye.expand(B, -1, -1).clone()  # rows of unfed slots are never read
+    fed_depths = layout.fed_depths.expand(B, -1)
+    top = root_probs.topk(k, dim=-1)
+    tokens, scores = [top.indices], [edge_log_values(top.values, acceptance)]  # per level, [B, size]
+    frontier, frontier_scores = torch.arange(k, device=device).expand(B, -1), scores[0]  # level 1: all fed
+    frontiers = []  # candidate indices of each level's frontier
+    for level in range(1, depth):
+        frontier = frontier + layout.level_start[level]  # level-local index -> candidate index
+        frontiers.append(frontier)
+        slots = layout.slots(level, k)
+        fed_ancestors[:, slots] = fed_ancestors[rows, layout.parent_slot[frontier]] | layout.eye[slots]
+        nodes = torch.arange(slots.start, slots.stop, device=device).expand(B, -1)
+        attention = TreeAttention(root_position, fed_depths, fed_ancestors, nodes)
+        fed_tokens = tokens[-1].gather(1, frontier - layout.level_start[level])
+        top = sampling.probs(draft(fed_tokens, cache=cache, tree=attention)).topk(k, dim=-1)  # [B, k, k]
+        tokens.append(top.indices.flatten(1))
+        scores.append((frontier_scores[:, :, None] + edge_log_values(top.values, acceptance)).flatten(1))
+        frontier_scores, frontier = scores[-1].topk(k, dim=-1)
+    return _rerank(*_candidates(layout, tokens, scores, frontiers, fed_ancestors, k), spec.node_budget)
+
+
+def _candidates(layout: _DynamicLayout, tokens, scores, frontiers, fed_ancestors: Tensor, k: int) -> tuple:
+    """``_rerank``'s inputs over every candidate: ``tokens``, ``parents`` (candidate indices),
+    ``depths``, ``scores``, ``fed_slot`` (-1: never fed) ``[B, N]`` and ``strict_ancestors [B, N, F]``
+    (a candidate's fed ancestors: its parent's row of ``fed_ancestors``; none for the root)."""
+    B, device = tokens[0].shape[0], tokens[0].device
+    zero = torch.zeros(B, 1, dtype=torch.int64, device=device)
+    all_tokens = torch.cat([zero, *tokens], 1)
+    parents = torch.cat([zero.expand(B, 1 + k), *(f.repeat_interleave(k, dim=1) for f in frontiers)], 1)
+    all_scores = torch.cat([zero.float(), *scores], 1)
+    fed_slot = torch.full_like(all_tokens, -1)
     fed_slot[:, 0] = 0
-    fed_depths = torch.zeros(B, F, dtype=torch.int64, device=device)
-    fed_ancestors = torch.zeros(B, F, F, dtype=torch.bool, device=device)
-    fed_ancestors[:, 0, 0] = True
-    strict_ancestors = torch.zeros(B, N, F, dtype=torch.bool, device=device)  # a candidate's fed ancestors
-
-    def add_children(first: int, parent: Tensor, probs: Tensor) -> Tensor:
-        """The top-k tokens of each of the nodes ``parent [B, M]`` (distributions ``probs [B, M, V]``)
-        become candidates ``first .. first + M k - 1``; returns their indices ``[B, M k]``."""
-        top = probs.topk(k, dim=-1)
-        new = slice(first, first + parent.shape[1] * k)
-        parent = parent.repeat_interleave(k, dim=1)
-        tokens[:, new] = top.indices.flatten(1)
-        parents[:, new] = parent
-        depths[:, new] = depths.gather(1, parent) + 1
-        scores[:, new] = scores.gather(1, parent) + edge_log_values(top.values, acceptance).flatten(1)
-        parent_slot = fed_slot.gather(1, parent)
-        strict_ancestors[:, new] = strict_ancestors[rows, parent] | fed_ancestors[rows, parent_slot]
-        return torch.arange(new.start, new.stop, device=device).expand(B, -1)
-
-    def feed(frontier: Tensor, first_slot: int) -> Tensor:
-        """Write the nodes ``frontier [B, k]`` into the draft's cache (slots ``first_slot ..``) and
-        return their distributions ``[B, k, V]``."""
-        slots = torch.arange(first_slot, first_slot + k, device=device).expand(B, -1)
-        fed_slot.scatter_(1, frontier, slots)
-        fed_depths[:, first_slot : first_slot + k] = depths.gather(1, frontier)
-        fed_ancestors[:, first_slot : first_slot + k] = strict_ancestors[rows, frontier]
-        fed_ancestors[rows, slots, slots] = True
-        attention = TreeAttention(root_position, fed_depths, fed_ancestors, slots)
-        return sampling.probs(draft(tokens.gather(1, frontier), cache=cache, tree=attention))
-
-    frontier = add_children(1, torch.zeros(B, 1, dtype=torch.int64, device=device), root_probs[:, None])
-    for level in range(1, spec.depth):
-        children = add_children(1 + k + (level - 1) * k * k, frontier, feed(frontier, 1 + (level - 1) * k))
-        frontier = children.gather(1, scores.gather(1, children).topk(k, dim=-1).indices)
-    return _rerank(tokens, parents, depths, scores, fed_slot, strict_ancestors, spec.node_budget)
+    if frontiers:  # none at depth 1
+        fed = torch.cat(frontiers, 1)
+        fed_slot.scatter_(1, fed, torch.arange(1, 1 + fed.shape[1], device=device).expand(B, -1))
+    strict_ancestors = fed_ancestors[:, layout.parent_slot]
+    strict_ancestors[:, 0] = False
+    return all_tokens, parents, layout.depths.expand(B, -1), all_scores, fed_slot, strict_ancestors
 
 
 def _chain_with_siblings(
@@ -537,8 +582,8 @@ def edge_log_values(top_probs: Tensor, acceptance: Tensor | None) -> Tensor:
     if acceptance is None:
         return top_probs.log()
     bins = acceptance.shape[1]
-    classes = (torch.arange(top_probs.shape[-1], device=top_probs.device) > 0).long()
-    index = classes * bins + (top_probs * bins).long().clamp(0, bins - 1)
+    index = (top_probs * bins).long().clamp_(max=bins - 1)  # probabilities are >= 0
+    index[..., 1:] += bins  # runner-ups read the second row
     return acceptance.flatten()[index].log()
 
 
