@@ -3,7 +3,9 @@
 - Tree attention: one forward over a tree gives every node the logits a plain forward of its
   path gives, and the accepted path's K/V ends up where plain decoding would have put it.
 - Drafting: a static tree's children are the draft's top-k (or samples) at their parent, a
-  dynamic tree keeps the nodes of highest path probability, closed under ancestors.
+  dynamic tree keeps the nodes of highest path probability, closed under ancestors; a sampled
+  chain with siblings drafts a chain's exact chain (no siblings: a chain's exact tokens) and
+  distinct siblings, as many per level as the value rule says.
 - Greedy tree decoding equals plain greedy decoding token for token (batch 1 and 4, static and
   dynamic trees); sampled tree decoding draws the first and second tokens from the target's
   distribution for every way a tree is drawn (chi-square, false-alarm rate 1e-3), and a verifier
@@ -255,6 +257,74 @@ def test_chain_with_siblings_keeps_the_most_valuable_runner_ups():
 
 
 @torch.no_grad()
+def test_sampled_chain_with_siblings_layout_and_sibling_counts(close_pair):
+    """Sampled siblings (batch 4, depth 4, 5 extra of top-3): each row has depth + extra nodes,
+    the chain first (node d the child of node d - 1), then the siblings level by level, each a
+    child of the chain node above its level; a level's siblings differ from each other and from its
+    chain token; every node's draft row is the draft's distribution at its parent (no-cache
+    forwards); and the siblings per level are what the value rule ``reach_d (1 - p_d(c_d)) s_dj``
+    keeps, computed here from the chain and the distributions only."""
+    target, draft = close_pair
+    D, S, k = 4, 5, 3
+    spec = TreeSpec.chain_with_siblings(D, S, top_k=k)
+    state = start_state(target, draft, PROMPTS, spec)
+    sampling = SamplingSettings(1.0, torch.Generator().manual_seed(0), eos_id=None)
+    tree = propose_tree(draft, state.caches[1], state, spec, sampling)
+    assert tree.tokens.shape == (4, D + S) and tree.draws == "without_replacement"
+    assert spec.verifier_draws(greedy=False) == (True, "without_replacement")
+    depths, ancestors = tree_layout(tree.parents)
+    assert torch.equal(tree.depths, depths) and torch.equal(tree.ancestors, ancestors)
+    probs = node_distributions(draft, state, tree)  # [B, T + 1, V]: layout node d + 1 = chain node d
+    parent_rows = (tree.parents + 1)[:, :, None].expand(-1, -1, probs.shape[2])
+    torch.testing.assert_close(tree.draft_probs.double(), probs.gather(1, parent_rows), rtol=0, atol=1e-6)
+    levels_with_siblings = set()
+    for b in range(4):
+        parents, tokens = tree.parents[b].tolist(), tree.tokens[b].tolist()
+        assert parents[:D] == list(range(-1, D - 1)) and parents[D:] == sorted(parents[D:])
+        chain, level_probs = tokens[:D], probs[b, :D]  # level d: the distribution after chain node d - 1
+        counts = [0] * D
+        for d in range(D):
+            siblings = [t for t, p in zip(tokens[D:], parents[D:]) if p == d - 1]
+            assert len(set(siblings)) == len(siblings) and chain[d] not in siblings and min(siblings, default=0) >= 0
+            counts[d] = len(siblings)
+        chain_p = level_probs[torch.arange(D), chain]
+        reach = torch.cat([torch.ones(1, dtype=chain_p.dtype), chain_p.cumprod(0)[:-1]])
+        rest = level_probs.scatter(1, torch.tensor(chain)[:, None], 0.0).topk(k).values  # [D, k]
+        value = (reach * (1 - chain_p))[:, None] * rest
+        kept = value.flatten().sort(descending=True, stable=True).indices[:S] // k
+        assert counts == torch.bincount(kept, minlength=D).tolist()
+        levels_with_siblings |= {d for d in range(D) if counts[d]}
+    assert len(levels_with_siblings) >= 2  # the rule puts siblings on different levels per row
+
+
+@torch.no_grad()
+def test_sampled_siblings_past_the_drafts_support_are_padding():
+    """At temperature 0.01 the draft's float32 softmax has one or a few nonzero tokens: draws past
+    a level's support would be zero-probability tokens, so those slots are padding (-1, never
+    accepted), and decoding still runs and emits only real tokens."""
+    vocab = 8
+    target, draft = tiny_pair(vocab_size=vocab, noise=0.6, seed=0, dtype=torch.float32)
+    spec = TreeSpec.chain_with_siblings(3, 9, top_k=3)  # every sibling slot kept
+    prompts = torch.tensor([[1, 2, 3], [4, 5, 6], [2, 2, 7], [0, 1, 5]])
+    state = start_state(target, draft, prompts, spec)
+    sampling = SamplingSettings(0.01, torch.Generator().manual_seed(0), eos_id=None)
+    tree = propose_tree(draft, state.caches[1], state, spec, sampling)
+    support = (tree.draft_probs > 0).sum(-1)  # [B, T]: the support of each node's level
+    padded = tree.tokens == -1
+    assert bool(padded.any()) and bool((tree.tokens[:, :3] >= 0).all())
+    for b in range(4):
+        for d in range(3):
+            level = (tree.parents[b] == d - 1).nonzero().flatten()  # the chain node, then its siblings
+            real = int((tree.tokens[b, level] >= 0).sum())
+            assert real == min(1 + 3, int(support[b, level[0]]))
+            assert bool((tree.draft_probs[b, level[0], tree.tokens[b, level[:real]]] > 0).all())
+    out = speculative_generate(
+        target, draft, prompts, 20, temperature=0.01, generator=torch.Generator().manual_seed(0), eos_id=None, tree=spec
+    )
+    assert out.num_tokens.tolist() == [20] * 4 and int(out.tokens.min()) >= 0
+
+
+@torch.no_grad()
 def test_calibrated_dynamic_tree_keeps_the_most_valuable_paths(close_pair):
     """Greedy, calibrated: every kept node's path value (product of table entries along it, from
     no-cache forwards) is at least that of each dropped child of the root."""
@@ -296,6 +366,29 @@ def test_greedy_tree_decoding_equals_greedy(close_pair, spec, batch):
         assert tree.stats["verified_tokens_per_step"] == spec.num_nodes + 1
         hist += torch.tensor(tree.stats["accepted_hist"])
     assert hist[0] > 0 and hist[2:].sum() > 0  # rejections at the root, and paths of 2+ accepted
+
+
+@pytest.mark.parametrize("batch", ["single", "batch4"])
+def test_sampled_chain_without_siblings_equals_a_chain(close_pair, batch):
+    """Sampled ``chain_with_siblings(K, 0)`` drafts a K-chain with a chain's draws and the tree
+    verifier on a path equals the chain verifier for the same seed: the same tokens as
+    ``num_draft_tokens=K`` for the same generator seed."""
+    target, draft = close_pair
+    prompts = PROMPTS[:1] if batch == "single" else PROMPTS
+    accepted = 0
+
+    def run(seed: int, **kwargs):
+        generator = torch.Generator().manual_seed(seed)
+        return speculative_generate(
+            target, draft, prompts, 24, temperature=0.9, generator=generator, eos_id=None, **kwargs
+        )
+
+    for K, seed in [(2, 0), (4, 1), (4, 2)]:
+        chain, tree = run(seed, num_draft_tokens=K), run(seed, tree=TreeSpec.chain_with_siblings(K, 0))
+        assert torch.equal(tree.tokens, chain.tokens), (K, seed)
+        assert tree.stats["accepted_hist"] == chain.stats["accepted_hist"]
+        accepted += sum(tree.stats["accepted_hist"][2:])
+    assert accepted > 0  # paths of 2+ drafts accepted: the chains really were compared
 
 
 def test_draft_equal_to_target_accepts_the_whole_depth(close_pair):
@@ -354,9 +447,17 @@ def test_bad_tree_arguments_name_the_argument(close_pair):
         dict(depth=3, extra_nodes=7, top_k=2),
         dict(depth=0, extra_nodes=1, top_k=2),
         dict(depth=3, extra_nodes=1, top_k=2, branching=(2,)),
+        dict(depth=3, extra_nodes=1, top_k=2, children="iid"),
     ]:
         with pytest.raises(ValueError, match="tree"):
             TreeSpec(**kwargs)
+    # Ranking sampled chain nodes by their own drawn probabilities would bias the output.
+    with pytest.raises(ValueError, match="keep_chain=False.*children='top_k'"):
+        TreeSpec.chain_with_siblings(3, 1, keep_chain=False, children="without_replacement")
+    with pytest.raises(ValueError, match="children must be one of"):
+        TreeSpec.chain_with_siblings(3, 1, children="iid")
+    assert TreeSpec.chain_with_siblings(3, 1).children == "without_replacement"
+    assert TreeSpec.chain_with_siblings(3, 1, keep_chain=False).children == "top_k"
 
 
 # ---- sampling: the output distribution is the target's ------------------------------------------
@@ -366,7 +467,9 @@ SAMPLED_TREES = [
     TreeSpec.static((3, 2), children="without_replacement"),
     TreeSpec.static((3, 2), children="iid"),
     TreeSpec.dynamic(6, top_k=3, depth=3),
-    TreeSpec.chain_with_siblings(2, 3, top_k=2),
+    TreeSpec.chain_with_siblings(2, 3, top_k=2),  # sampled chain, siblings without replacement
+    TreeSpec.chain_with_siblings(2, 6, top_k=3),  # every sibling kept: 4 of the 8 tokens per level
+    TreeSpec.chain_with_siblings(2, 3, top_k=2, children="top_k"),
     TreeSpec.chain_with_siblings(3, 1, top_k=2, keep_chain=False),
 ]
 
@@ -421,6 +524,44 @@ def test_verifying_with_the_wrong_drawing_rule_fails():
     assert_fits(torch.bincount(right[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "iid rule")
     with pytest.raises(AssertionError):
         assert_fits(torch.bincount(wrong[:, 0], minlength=vocab), first, FALSE_ALARM_RATE, "wrong rule")
+
+
+@torch.no_grad()
+def test_sampled_siblings_verified_with_the_wrong_rule_fail():
+    """Power, on the first token: a chain of 1 with 3 siblings drawn without replacement (4 of the
+    8 tokens at the root), verified as i.i.d. draws, fails the chi-square test; so do the same
+    trees when a sibling is kept only while its *own* drawn probability is >= 0.1 (a count rule
+    that looks at the siblings drawn). The right rule passes on the same trees, and so does
+    verifying them as fixed children (``draft_probs=None``): that rule is exact for any children
+    drawn independently of the verifier's random numbers -- it only accepts less."""
+    vocab, num_rows, temperature = 8, 4000, 0.7
+    target, draft = tiny_pair(vocab_size=vocab, noise=0.6, seed=0, dtype=torch.float32)
+    prompt = [1, 2, 3]
+    first, _ = exact_first_two(target, prompt, temperature)
+    spec = TreeSpec.chain_with_siblings(1, 3, top_k=3)
+    sampling = SamplingSettings(temperature, torch.Generator().manual_seed(0), eos_id=None)
+    state = start_state(target, draft, torch.tensor([prompt]).expand(num_rows, -1), spec)
+    tree = propose_tree(draft, state.caches[1], state, spec, sampling)
+    target_probs = verify_tree(target, state.caches[0], state, tree, sampling)
+    drawn_p = tree.draft_probs.gather(2, tree.tokens[:, :, None])[:, :, 0]
+    stop = ((drawn_p < 0.1) & (torch.arange(4) > 0)).cumsum(1) > 0  # siblings from the first unlikely one on
+    trees = {
+        "right rule": tree,
+        "fixed children": dataclasses.replace(tree, draft_probs=None),
+        "iid rule": dataclasses.replace(tree, draws="iid"),
+        "own-value count rule": dataclasses.replace(tree, tokens=torch.where(stop, -1, tree.tokens)),
+    }
+    accepted = {}
+    for label, candidate in trees.items():
+        out = accept_tree_path(candidate, target_probs, sampling)
+        accepted[label] = float(out.num_accepted.float().mean())
+        counts = torch.bincount(out.token_ids[:, 0], minlength=vocab)
+        if label in ("right rule", "fixed children"):
+            assert_fits(counts, first, FALSE_ALARM_RATE, label)
+        else:
+            with pytest.raises(AssertionError):
+                assert_fits(counts, first, FALSE_ALARM_RATE, label)
+    assert accepted["fixed children"] < accepted["right rule"]
 
 
 # ---- the benchmark's untimed parts ----------------------------------------------------------------

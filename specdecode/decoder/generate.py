@@ -53,7 +53,7 @@ from specdecode.core import RejectionOutput, check_int
 from specdecode.decoder.model import KVCache, ModelConfig, Transformer
 from specdecode.decoder.state import DecodeState, Prompts, SamplingSettings, check_model, encode_prompts
 from specdecode.decoder.tokenizer import EOS_ID, PAD_ID, tokenizer
-from specdecode.decoder.tree import DraftTree, TreeSpec, propose_tree
+from specdecode.decoder.tree import DraftTree, TreeSpec, draft_chain, propose_tree
 from specdecode.ops.rejection_sample import rejection_sample
 from specdecode.ops.tree_rejection_sample import TreeRejectionOutput, tree_rejection_sample
 
@@ -331,8 +331,8 @@ def verify_tree(
     """The target's distributions ``[B, T+1, V]`` after each row's last committed token (row 0) and
     after each node of its tree (row ``i+1``): one forward of ``[token n-1, node_0..node_{T-1}]``
     with tree attention, the root at position ``n-1`` (the cache's length), node ``i`` written at
-    ``n + i``."""
-    verify_tokens = torch.cat([state.last_tokens()[:, None], tree.tokens], 1)
+    ``n + i``. A padding node (token ``-1``, never accepted, nobody's ancestor) is fed as token 0."""
+    verify_tokens = torch.cat([state.last_tokens()[:, None], tree.tokens.clamp_min(0)], 1)
     return sampling.probs(target(verify_tokens, cache=cache, tree=tree.attention(state.lengths - 1)))
 
 
@@ -366,25 +366,10 @@ def accept_tree_path(tree: DraftTree, target_probs: Tensor, sampling: SamplingSe
 def propose(
     draft: Transformer, cache: KVCache, state: DecodeState, K: int, sampling: SamplingSettings
 ) -> tuple[Tensor, Tensor]:
-    """K draft tokens per row ``[B, K]`` and the distributions they were drawn from ``[B, K, V]``.
-
-    The first forward re-reads each row's last two committed tokens, at positions
-    ``cache.lengths`` (= ``n-2``, or 0 for a one-token row, which then reads position 0 twice:
-    same K/V, harmless) and ``n-1``: after a step that accepted all K drafts the draft's cache
-    lacks ``x_K``, and re-reading keeps every row on one path. ``x_K`` itself is not fed."""
-    n = state.lengths
-    first = cache.lengths[: state.batch_size]
-    positions = torch.stack([first, n - 1], 1)
-    logits = draft(torch.stack([state.token_at(first), state.token_at(n - 1)], 1), positions, cache)[:, -1]
-    tokens, dists = [], []
-    for i in range(K):
-        probs = sampling.probs(logits)
-        token = sampling.sample(probs)
-        tokens.append(token)
-        dists.append(probs)
-        if i < K - 1:
-            logits = draft(token[:, None], n + i, cache)[:, -1]
-    return torch.stack(tokens, 1), torch.stack(dists, 1)
+    """K draft tokens per row ``[B, K]`` and the distributions they were drawn from ``[B, K, V]``:
+    ``tree.draft_chain`` with ``sampling``'s draws (K forwards, the first re-reading each row's last
+    two committed tokens; a chain with siblings drafts its chain through the same loop)."""
+    return draft_chain(draft, cache, state, K, sampling.probs, sampling.sample)
 
 
 def verify(

@@ -51,19 +51,36 @@ verification exactly lossless for the way the tree was drawn:
   where the chain K = 8 accepts 5.99: this draft's top-1 is the target's greedy token 88% of the
   time, so depth is worth more than breadth and the best 8-node tree is nearly the chain.
 
-- ``TreeSpec.chain_with_siblings(depth, extra_nodes, top_k)``: the draft's greedy chain of
+- ``TreeSpec.chain_with_siblings(depth, extra_nodes, top_k, children)``: the draft's chain of
   ``depth`` tokens -- drafted exactly as a chain is, one one-token forward per token -- plus, as
-  leaves, the ``extra_nodes`` most valuable of the ``top_k`` runner-up tokens at each chain
-  position (ranked as a dynamic tree ranks, so siblings go where the draft's top-1 is unsure).
-  It costs no draft forward beyond the chain's, and the draft re-reads two committed tokens per
-  step as a chain does (the one K/V its cache can lack is the last accepted node's: a runner-up
-  is always a leaf). Deterministic given the context: verified with ``draft_probs=None``. With
-  ``keep_chain=False`` the chain's deep nodes compete with the runner-ups for the
-  ``depth + extra_nodes`` places: ``chain_with_siblings(K, 0, keep_chain=False)`` is the most
-  valuable ``K``-node tree of the chain and its runner-ups, at exactly a ``K``-chain's draft cost.
+  leaves, the ``extra_nodes`` most valuable of up to ``top_k`` siblings at each chain position,
+  so siblings go where the draft is unsure. It costs no draft forward beyond the chain's, and the
+  draft re-reads two committed tokens per step as a chain does (the one K/V its cache can lack is
+  the last accepted node's: a sibling is always a leaf). ``children``:
 
-Greedy decoding (temperature 0) always uses top-k children (a sampled child would be the argmax
-repeated) and greedy verification: the text equals plain greedy decoding's.
+  - ``"without_replacement"`` (default): in sampled decoding the chain token ``c_d`` at level
+    ``d`` is drawn from the draft's ``p_d`` exactly as a chain's (same draws: with
+    ``extra_nodes=0`` the text is a ``depth``-chain's for the same seed), and the level's
+    siblings are the next draws from ``p_d`` without replacement, after the whole chain.
+    Verified by recursive rejection sampling (``draws="without_replacement"``, ``p_d`` as
+    ``draft_probs``, the chain token tried first), which is exact for any number of siblings
+    decided without looking at them: how many a level keeps is decided from the distributions
+    and the chain alone, never from the siblings drawn (a sibling's value, ``reach_d (1 -
+    p_d(c_d)) s_dj``, is the draft's estimate of reaching the level -- the chain's path
+    probability above it --, of rejecting ``c_d``, and of the ``j``-th largest probability left).
+    A sampled chain node is accepted with ``min(1, q/p)`` as in a chain (a fixed top-1 only with
+    ``q``), and a sibling is tried only once it is rejected: per step this accepts at least what
+    the ``depth``-chain does.
+  - ``"top_k"``: the draft's greedy chain and its ``top_k`` runner-ups at each position, ranked
+    as a dynamic tree ranks; deterministic given the context, verified with
+    ``draft_probs=None``. With ``keep_chain=False`` (top-k children only: ranking a sampled chain
+    node by its own drawn probability would bias the output) the chain's deep nodes compete with
+    the runner-ups for the ``depth + extra_nodes`` places: ``chain_with_siblings(K, 0,
+    keep_chain=False)`` is the most valuable ``K``-node tree of the chain and its runner-ups, at
+    exactly a ``K``-chain's draft cost.
+
+Greedy decoding (temperature 0) always uses top-k children and a greedy chain (a sampled child
+would be the argmax repeated) and greedy verification: the text equals plain greedy decoding's.
 
 **The draft's cache.** (Static and dynamic trees; a chain with siblings above.) Each step the draft
 first re-reads the last ``max_depth + 1`` committed tokens (the window), which ends at the root and
@@ -78,6 +95,7 @@ the root on).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +105,7 @@ from specdecode.decoder.model import KVCache, Transformer, TreeAttention
 from specdecode.decoder.state import DecodeState, SamplingSettings
 
 CHILDREN_RULES = ("top_k", "without_replacement", "iid")
+CHAIN_SIBLINGS_RULES = ("without_replacement", "top_k")
 GREEDY_RANKINGS = ("calibrated", "softmax")
 
 
@@ -95,21 +114,27 @@ class TreeSpec:
     """How the draft builds a token tree each step (``speculative_generate(..., tree=...)``).
 
     Build one with ``TreeSpec.static(branching, children)`` or ``TreeSpec.dynamic(node_budget,
-    top_k, depth)`` (module docstring). ``branching``: static trees' children per node at depth
-    0, 1, ...; ``node_budget``/``top_k``/``depth``: dynamic trees; ``children``: how a static
-    tree's children are drawn (``"top_k"``, ``"without_replacement"``, ``"iid"``)."""
+    top_k, depth)`` or ``TreeSpec.chain_with_siblings(depth, extra_nodes, top_k)`` (module
+    docstring). ``branching``: static trees' children per node at depth 0, 1, ...;
+    ``node_budget``/``top_k``/``depth``: dynamic trees; ``children``: how a static tree's children
+    or a chain's siblings are drawn in sampled decoding (``"top_k"``, ``"without_replacement"``,
+    ``"iid"``; ``None``: ``"without_replacement"`` for a chain with siblings that keeps its chain,
+    else ``"top_k"``)."""
 
     branching: tuple[int, ...] = ()
     node_budget: int = 0
     top_k: int = 0
     depth: int = 0
-    children: str = "top_k"
+    children: str | None = None
     greedy_rank_temperature: float = 0.3
     greedy_ranking: str = "calibrated"
     extra_nodes: int = -1
     keep_chain: bool = True
 
     def __post_init__(self):
+        if self.children is None:  # a chain with siblings samples its children when it can
+            sampled = self.extra_nodes >= 0 and self.keep_chain
+            object.__setattr__(self, "children", "without_replacement" if sampled else "top_k")
         if self.children not in CHILDREN_RULES:
             raise ValueError(f"tree: children must be one of {CHILDREN_RULES}, got {self.children!r}")
         if self.extra_nodes >= 0:
@@ -145,8 +170,18 @@ class TreeSpec:
                 raise ValueError(f"tree: {name} must be an int >= 1, got {value!r}")
         if isinstance(self.extra_nodes, bool) or not isinstance(self.extra_nodes, int):
             raise ValueError(f"tree: extra_nodes must be an int >= 0, got {self.extra_nodes!r}")
-        if self.branching or self.node_budget or self.children != "top_k":
-            raise ValueError("tree: a chain with siblings takes depth, extra_nodes and top_k only")
+        if self.branching or self.node_budget:
+            raise ValueError("tree: a chain with siblings takes depth, extra_nodes, top_k and children only")
+        if self.children not in CHAIN_SIBLINGS_RULES:
+            raise ValueError(
+                f"tree: a chain with siblings' children must be one of {CHAIN_SIBLINGS_RULES}, got {self.children!r}"
+            )
+        if not self.keep_chain and self.children != "top_k":
+            # Competing chain nodes are ranked by their own drawn probabilities: biased if sampled.
+            raise ValueError(
+                "tree: keep_chain=False ranks chain nodes by their own drawn tokens' probabilities, which "
+                f"biases sampled children: it needs children='top_k', got children={self.children!r}"
+            )
         if self.greedy_ranking not in GREEDY_RANKINGS:
             raise ValueError(f"tree: greedy_ranking must be one of {GREEDY_RANKINGS}, got {self.greedy_ranking!r}")
         if self.extra_nodes > self.depth * self.top_k:
@@ -163,12 +198,22 @@ class TreeSpec:
         top_k: int = 3,
         greedy_ranking: str = "calibrated",
         keep_chain: bool = True,
+        children: str | None = None,
     ) -> TreeSpec:
-        """The draft's greedy chain of ``depth`` tokens plus the ``extra_nodes`` most valuable of the
-        ``top_k`` runner-up tokens at each of its positions, as leaves; with ``keep_chain=False`` the
-        ``depth + extra_nodes`` most valuable of the chain's nodes and runner-ups (module docstring)."""
+        """The draft's chain of ``depth`` tokens plus, as leaves, the ``extra_nodes`` most valuable of
+        up to ``top_k`` siblings at each of its positions (module docstring). ``children``: in
+        sampled decoding, ``"without_replacement"`` (the default with ``keep_chain=True``) samples
+        the chain as a chain does and its siblings after it without replacement; ``"top_k"`` takes
+        the draft's greedy chain and top-k runner-ups, the only choice with ``keep_chain=False``
+        (the ``depth + extra_nodes`` most valuable of the chain's nodes and runner-ups). Greedy
+        decoding always uses the greedy chain and runner-ups."""
         return cls(
-            depth=depth, extra_nodes=extra_nodes, top_k=top_k, greedy_ranking=greedy_ranking, keep_chain=keep_chain
+            depth=depth,
+            extra_nodes=extra_nodes,
+            top_k=top_k,
+            greedy_ranking=greedy_ranking,
+            keep_chain=keep_chain,
+            children=children,
         )
 
     @classmethod
@@ -259,8 +304,10 @@ class TreeSpec:
 
     def label(self) -> str:
         if self.is_chain_with_siblings:
+            # The default children (sampled with keep_chain) carry no suffix.
             best = "" if self.keep_chain else ", best of chain and runner-ups"
-            return f"chain+siblings(depth={self.depth}, extra={self.extra_nodes}, top_k={self.top_k}{best})"
+            fixed = ", top-k children" if self.keep_chain and self.children == "top_k" else ""
+            return f"chain+siblings(depth={self.depth}, extra={self.extra_nodes}, top_k={self.top_k}{best}{fixed})"
         if self.is_dynamic:
             return f"dynamic(budget={self.node_budget}, top_k={self.top_k}, depth={self.depth})"
         suffix = "" if self.children == "top_k" else f", {self.children}"
@@ -498,46 +545,110 @@ def _candidates(layout: _DynamicLayout, tokens, scores, frontiers, fed_ancestors
     return all_tokens, parents, layout.depths.expand(B, -1), all_scores, fed_slot, strict_ancestors
 
 
+def draft_chain(
+    draft: Transformer,
+    cache: KVCache,
+    state: DecodeState,
+    depth: int,
+    distribution: Callable[[Tensor], Tensor],
+    choose: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """A chain of ``depth`` draft tokens per row ``[B, depth]`` and the distributions ``[B, depth, V]``
+    each was chosen from (``distribution(logits)``, then ``choose(probs) -> [B]``), with ``depth``
+    draft forwards: a chain's ``propose`` and a chain with siblings draft through this one loop.
+
+    The first forward re-reads each row's last two committed tokens, at positions
+    ``cache.lengths`` (= ``n-2``, or 0 for a one-token row, which then reads position 0 twice:
+    same K/V, harmless) and ``n-1``: after a step that accepted all ``depth`` drafts the draft's
+    cache lacks the last one, and re-reading keeps every row on one path. The last token itself
+    is not fed."""
+    n = state.lengths
+    first = cache.lengths[: state.batch_size]
+    positions = torch.stack([first, n - 1], 1)
+    logits = draft(torch.stack([state.token_at(first), state.token_at(n - 1)], 1), positions, cache)[:, -1]
+    tokens, dists = [], []
+    for i in range(depth):
+        probs = distribution(logits)
+        token = choose(probs)
+        tokens.append(token)
+        dists.append(probs)
+        if i < depth - 1:
+            logits = draft(token[:, None], n + i, cache)[:, -1]
+    return torch.stack(tokens, 1), torch.stack(dists, 1)
+
+
 def _chain_with_siblings(
     draft: Transformer, cache: KVCache, state: DecodeState, spec: TreeSpec, sampling: SamplingSettings
 ) -> DraftTree:
-    """The draft's greedy chain (``depth`` one-token forwards, exactly as a chain's ``propose`` with
-    argmax draws: the first re-reads the last two committed tokens), then the ``extra_nodes``
-    runner-ups of highest value as leaves. A node's value is its path's: the sum of its edges' log
-    values (``edge_log_values``: calibrated acceptance when greedy, the draft's log probability at
-    the sampling temperature otherwise), so a runner-up at depth ``d + 1`` is worth the chain's value
-    at depth ``d`` plus its own edge. Layout: the chain (tree nodes ``0..D-1``), then the kept
-    runner-ups by depth and rank. Every choice is deterministic given the context, so the verifier
-    gets ``draft_probs=None``."""
-    B, D, k, S = state.batch_size, spec.depth, spec.top_k, spec.extra_nodes
-    ranking = SamplingSettings(spec.rank_temperature(sampling), eos_id=None)
-    table = calibrated_acceptance(state.tokens.device) if spec.calibrated(sampling) else None
-    n = state.lengths
-    first = cache.lengths[:B]
-    positions = torch.stack([first, n - 1], 1)
-    logits = draft(torch.stack([state.token_at(first), state.token_at(n - 1)], 1), positions, cache)[:, -1]
-    tops = []
-    for i in range(D):
-        top = ranking.probs(logits).topk(k + 1, dim=-1)
-        tops.append(top)
-        if i < D - 1:
-            logits = draft(top.indices[:, :1], n + i, cache)[:, -1]
-    values = torch.stack([t.values for t in tops], 1)  # [B, D, k + 1]
-    indices = torch.stack([t.indices for t in tops], 1)
-    return chain_with_siblings_tree(values, indices, S, table, spec.keep_chain)
+    """The draft's chain (``depth`` one-token forwards, ``draft_chain``), then the ``extra_nodes``
+    siblings of highest value as leaves (``chain_with_siblings_tree``; module docstring).
+
+    Sampled children (``children="without_replacement"``, not greedy): the chain is drawn exactly
+    as ``propose`` draws one (same draws, same order), and level ``d``'s siblings are the next
+    draws from ``p_d`` without replacement after the chain token ``c_d``. A sibling's value,
+    ``reach_d (1 - p_d(c_d)) s_dj`` (``reach_d``: the chain's path probability above level ``d``;
+    ``s_dj``: the ``j``-th largest probability of ``p_d`` off ``c_d``), reads only the chain and
+    the distributions, so how many siblings each level keeps never depends on the siblings drawn
+    -- what keeps recursive rejection sampling exact. All ``top_k`` are drawn per level and the
+    first ``m_d`` kept: the same as drawing ``m_d``. They are drawn after the whole chain, and
+    not at all when none is kept, so the chain's random stream is a chain's.
+
+    Otherwise (greedy, or ``children="top_k"``): the draft's greedy chain and the ``top_k``
+    runner-ups of each level, ranked by ``edge_log_values`` (calibrated acceptance when greedy,
+    the draft's probability at the sampling temperature otherwise): deterministic given the
+    context, verified with ``draft_probs=None``."""
+    sampled, _ = spec.verifier_draws(sampling.greedy)
+    if not sampled:
+        ranking = SamplingSettings(spec.rank_temperature(sampling), eos_id=None)
+        table = calibrated_acceptance(state.tokens.device) if spec.calibrated(sampling) else None
+        chain, probs = draft_chain(draft, cache, state, spec.depth, ranking.probs, lambda p: p.argmax(-1))
+        chain_probs, others = _split_off_chain(probs, chain)
+        runner_ups = others.topk(spec.top_k, dim=-1)
+        values = torch.cat([chain_probs, runner_ups.values], 2)
+        indices = torch.cat([chain[:, :, None], runner_ups.indices], 2)
+        return chain_with_siblings_tree(values, indices, spec.extra_nodes, table, spec.keep_chain)
+    chain, probs = draft_chain(draft, cache, state, spec.depth, sampling.probs, sampling.sample)
+    chain_probs, others = _split_off_chain(probs, chain)
+    largest = others.topk(spec.top_k, dim=-1).values  # s_dj: read for the values, never drawn
+    values = torch.cat([chain_probs, (1 - chain_probs) * largest], 2)
+    siblings = torch.full_like(chain[:, :, None], -1).expand(-1, -1, spec.top_k)
+    if spec.extra_nodes > 0:  # none kept: draw none, so the random stream is a chain's
+        # A level whose whole mass is its chain token has nothing to draw: any weights do, its
+        # draws are all padded below.
+        weights = torch.where(largest[:, :, :1] > 0, others, 1.0)
+        siblings = pick_children(weights, spec.top_k, "without_replacement", sampling)
+    # A draw beyond p_d's support is a zero-probability token, which the verifier must never see
+    # (it would accept it): such a slot (value 0, so kept only after every real one) is padding, -1.
+    siblings = torch.where(largest > 0, siblings, -1)
+    indices = torch.cat([chain[:, :, None], siblings], 2)
+    return chain_with_siblings_tree(values, indices, spec.extra_nodes, None, spec.keep_chain, probs)
+
+
+def _split_off_chain(probs: Tensor, chain: Tensor) -> tuple[Tensor, Tensor]:
+    """``p_d(c_d)`` ``[B, D, 1]`` and ``p_d`` with the chain token's entry zeroed ``[B, D, V]``, from
+    the chain's distributions ``probs [B, D, V]`` and tokens ``chain [B, D]``."""
+    return probs.gather(2, chain[:, :, None]), probs.scatter(2, chain[:, :, None], 0.0)
 
 
 def chain_with_siblings_tree(
-    values: Tensor, indices: Tensor, extra_nodes: int, acceptance: Tensor | None, keep_chain: bool = True
+    values: Tensor,
+    indices: Tensor,
+    extra_nodes: int,
+    acceptance: Tensor | None,
+    keep_chain: bool = True,
+    draft_probs: Tensor | None = None,
 ) -> DraftTree:
-    """The tree of ``TreeSpec.chain_with_siblings`` from the draft's top ``k + 1`` at each chain
-    position: ``values``/``indices [B, D, k + 1]`` (descending; level ``d`` is the distribution after
-    chain node ``d - 1``, level 0 the root's). The chain is each level's top-1, its runner-ups the
-    candidate leaves. ``keep_chain``: the whole chain and the ``extra_nodes`` runner-ups of highest
-    path value; else the ``D + extra_nodes`` candidates of highest value, chain nodes included (a
-    node's value is at most its parent's and ties go to the earlier candidate -- the chain, then the
-    lower level and rank -- so the kept chain is a prefix and every kept node's parent is kept).
-    Layout: the kept chain, then the kept runner-ups, level then rank."""
+    """The tree of ``TreeSpec.chain_with_siblings`` from each chain position's candidates:
+    ``indices [B, D, k + 1]`` the chain token then ``k`` siblings (level ``d``: children of chain
+    node ``d - 1``, level 0 the root's), ``values [B, D, k + 1]`` their edge values (descending
+    along each level's siblings; ``edge_log_values`` reads them). ``keep_chain``: the whole chain
+    and the ``extra_nodes`` siblings of highest path value; else the ``D + extra_nodes``
+    candidates of highest value, chain nodes included (a node's value is at most its parent's and
+    ties go to the earlier candidate -- the chain, then the lower level and rank -- so the kept
+    chain is a prefix and every kept node's parent is kept). Layout: the kept chain, then the
+    kept siblings, level then rank. ``draft_probs [B, D, V]`` (level ``d``'s distribution, which
+    its chain token and siblings were drawn from without replacement): the tree is verified with
+    them and ``draws="without_replacement"``; ``None``: fixed children."""
     B, D, k1 = values.shape
     k, T = k1 - 1, D + extra_nodes
     edges = edge_log_values(values, acceptance)
@@ -558,7 +669,10 @@ def chain_with_siblings_tree(
     sees_up_to = torch.cat([root, level], 1)  # [B, T + 1]
     columns = torch.arange(T + 1, device=device)
     ancestors = (columns <= sees_up_to[:, :, None]) | torch.eye(T + 1, dtype=torch.bool, device=device)
-    return DraftTree(tokens, parents, None, "iid", depths, ancestors)
+    if draft_probs is None:
+        return DraftTree(tokens, parents, None, "iid", depths, ancestors)
+    node_probs = draft_probs.gather(1, level[:, :, None].expand(-1, -1, draft_probs.shape[2]))  # a node's level's
+    return DraftTree(tokens, parents, node_probs, "without_replacement", depths, ancestors)
 
 
 _ACCEPTANCE_TABLES: dict[str, Tensor] = {}
