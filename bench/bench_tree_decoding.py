@@ -50,9 +50,10 @@ DYNAMIC_TOP_K, DYNAMIC_DEPTH = 4, 8
 # top-1 is the target's greedy token ~88% of the time, so a tree needs depth before breadth pays
 DEEP_DYNAMIC = [(11, 2, 11), (12, 2, 12), (14, 3, 12)]
 SOFTMAX_BUDGETS = [4, 8]  # EAGLE-2's ranking by the draft's (sharpened) softmax, for comparison
-# (depth, extra nodes, keep the whole chain): False = the most valuable depth + extra nodes of the
-# chain and its runner-ups, at the draft cost of a chain of that depth
-CHAIN_WITH_SIBLINGS = [(8, 0, False), (10, 1, True), (11, 0, False)]
+# (depth, extra nodes, keep the whole chain): True = the chain plus its most valuable siblings (the
+# draft's runner-ups when greedy, drawn without replacement when sampling); False = the most valuable
+# depth + extra nodes of the greedy chain and its runner-ups, at the draft cost of a chain of that depth
+CHAIN_WITH_SIBLINGS = [(8, 0, False), (6, 2, True), (8, 3, True), (10, 1, True), (11, 0, False)]
 # chains that verify as many tokens per step as the larger trees (outside the issue's K = 2..8): the
 # equal-verified-tokens comparison needs them
 EXTRA_KS = [11, 12, 14]
