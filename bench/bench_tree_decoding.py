@@ -15,12 +15,14 @@ calibrated acceptance table (greedy's default) and by the draft's softmax, and c
 (``speculative_generate(tree=TreeSpec...)``; ``specdecode.decoder.tree``), alternating within each
 repeat so all see the same machine load (repeat ``r`` decodes prompts ``r * batch ..``, so batch 1
 covers three prompts); tokens/s is the median over repeats, the speedup is against plain decoding,
-the mean accepted length (tokens emitted per row-step) is summed over repeats; the goal lines add
-the best tree's tokens/s over the best chain's repeat by repeat (same prompts), whose range shows
-the run-to-run spread. ``verified`` is the tokens the target reads per step (K + 1, or T + 1 for a
-tree of T nodes): the cost side of the trade. A ``kind="verify"`` table gives the target's forward
-time per node count (a chain's causal forward and a tree-attention forward of the same size), the
-price of a larger tree. Greedy rows also count the rows whose text equals plain decoding's.
+the mean accepted length (tokens emitted per row-step) is summed over repeats, and ms per step is
+the decoding time over the steps (a step drafts, verifies and accepts; the prompt's prefill is
+spread over them); the goal lines add the best tree's tokens/s over the best chain's repeat by
+repeat (same prompts), whose range shows the run-to-run spread. ``verified`` is the tokens the
+target reads per step (K + 1, or T + 1 for a tree of T nodes): the cost side of the trade. A
+``kind="verify"`` table gives the target's forward time per node count (a chain's causal forward and
+a tree-attention forward of the same size), the price of a larger tree. Greedy rows also count the
+rows whose text equals plain decoding's.
 
 Rows: ``run(...)`` returns them and saves ``bench/out/tree_decoding.json``.
 """
@@ -99,12 +101,9 @@ def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: floa
     decodes prompts ``r * batch ..`` (mod 8), the same for every method, so the accepted lengths
     cover several prompts even at batch 1."""
     rates = {m["label"]: [] for m in chosen}
-    plain_rates, emitted, row_steps, same = (
-        [],
-        dict.fromkeys(rates, 0),
-        dict.fromkeys(rates, 0),
-        dict.fromkeys(rates, 0),
-    )
+    plain_rates = []
+    emitted, row_steps, same = dict.fromkeys(rates, 0), dict.fromkeys(rates, 0), dict.fromkeys(rates, 0)
+    seconds, steps = dict.fromkeys(rates, 0.0), dict.fromkeys(rates, 0)  # per step: draft + verify + accept
     for rep in range(repeats + 1):  # rep 0 warms up
         generator = torch.Generator().manual_seed(rep)
         prompts = [PROMPTS[(rep * batch + i) % len(PROMPTS)] for i in range(batch)]
@@ -122,6 +121,8 @@ def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: floa
             hist = out.stats["accepted_hist"]
             emitted[label] += sum((a + 1) * c for a, c in enumerate(hist))
             row_steps[label] += sum(hist)
+            seconds[label] += out.stats["seconds"]
+            steps[label] += out.stats["steps"]
             same[label] += int((out.tokens == plain.tokens).all(1).sum()) if temperature == 0 else 0
     common = {"kind": "decode", "batch": batch, "temperature": temperature, "max_new_tokens": max_new_tokens}
     plain_rate = statistics.median(plain_rates)
@@ -140,6 +141,7 @@ def decode_rows(target, draft, batch: int, chosen: list[dict], temperature: floa
                 "tokens_per_s_each": rates[label],  # one per repeat, the same prompts for every method
                 "speedup": rate / plain_rate,
                 "mean_accepted_length": emitted[label] / row_steps[label],
+                "ms_per_step": 1e3 * seconds[label] / steps[label],
                 "same_text": same[label] if temperature == 0 else None,
                 "rows_compared": batch * repeats,
             }
@@ -407,7 +409,16 @@ def verdict_line(decoded: list[dict]) -> str | None:
     return text
 
 
-DECODE_HEADER = ["batch", "method", "verified tokens/step", "tokens/s", "speedup", "mean accepted length", "same text"]
+DECODE_HEADER = [
+    "batch",
+    "method",
+    "verified tokens/step",
+    "tokens/s",
+    "speedup",
+    "mean accepted length",
+    "ms per step",
+    "same text",
+]
 
 
 def decode_table(rows: list[dict]) -> list[list]:
@@ -422,6 +433,7 @@ def decode_table(rows: list[dict]) -> list[list]:
                 f"{r['tokens_per_s']:.1f}",
                 f"{r['speedup']:.2f}x",
                 f"{r['mean_accepted_length']:.2f}",
+                "" if r.get("ms_per_step") is None else f"{r['ms_per_step']:.1f}",
                 same,
             ]
         )
