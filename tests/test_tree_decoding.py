@@ -325,6 +325,34 @@ def test_sampled_siblings_past_the_drafts_support_are_padding():
 
 
 @torch.no_grad()
+def test_static_children_drawn_past_the_drafts_support_are_padding():
+    """The same for a static tree drawn without replacement (``pick_children``, shared by both
+    drafters): at temperature 0.01 a node with fewer nonzero tokens than its branching gets
+    padding (-1) for the draws past its support, every real child has nonzero draft probability,
+    and decoding emits only real tokens."""
+    vocab = 8
+    target, draft = tiny_pair(vocab_size=vocab, noise=0.6, seed=0, dtype=torch.float32)
+    spec = TreeSpec.static((4, 3), children="without_replacement")
+    prompts = torch.tensor([[1, 2, 3], [4, 5, 6], [2, 2, 7], [0, 1, 5]])
+    state = start_state(target, draft, prompts, spec)
+    sampling = SamplingSettings(0.01, torch.Generator().manual_seed(0), eos_id=None)
+    tree = propose_tree(draft, state.caches[1], state, spec, sampling)
+    real = tree.tokens >= 0
+    assert bool((~real).any()) and bool(real.any(1).all())
+    probs_of_tokens = tree.draft_probs.gather(2, tree.tokens.clamp_min(0)[:, :, None]).squeeze(2)
+    assert bool((probs_of_tokens[real] > 0).all())
+    for b in range(4):  # a node's real children: as many as its distribution's support allows
+        for parent in tree.parents[b].unique().tolist():
+            children = (tree.parents[b] == parent).nonzero().flatten()
+            support = int((tree.draft_probs[b, children[0]] > 0).sum())
+            assert int(real[b, children].sum()) == min(len(children), support)
+    out = speculative_generate(
+        target, draft, prompts, 20, temperature=0.01, generator=torch.Generator().manual_seed(0), eos_id=None, tree=spec
+    )
+    assert out.num_tokens.tolist() == [20] * 4 and int(out.tokens.min()) >= 0
+
+
+@torch.no_grad()
 def test_calibrated_dynamic_tree_keeps_the_most_valuable_paths(close_pair):
     """Greedy, calibrated: every kept node's path value (product of table entries along it, from
     no-cache forwards) is at least that of each dropped child of the root."""

@@ -385,11 +385,22 @@ def draft_root_logits(draft: Transformer, cache: KVCache, state: DecodeState, wi
 
 
 def pick_children(probs: Tensor, count: int, rule: str, sampling: SamplingSettings) -> Tensor:
-    """``[B, M, count]`` children of ``M`` nodes with distributions ``probs [B, M, V]`` by ``rule``."""
+    """``[B, M, count]`` children of ``M`` nodes with distributions ``probs [B, M, V]`` by ``rule``.
+
+    Drawn without replacement, a node whose distribution has fewer than ``count`` nonzero tokens
+    (a low temperature underflows the float32 softmax) runs out of tokens to draw:
+    ``torch.multinomial`` then returns zero-probability tokens (and fails on a row with no mass),
+    which the verifier must never see -- recursive rejection sampling would accept such a child
+    outright. Those slots are padding, ``-1`` (never accepted, nobody's path)."""
     if sampling.greedy or rule == "top_k":
         return probs.topk(count, dim=-1).indices
     flat = probs.flatten(0, 1)
-    drawn = torch.multinomial(flat, count, replacement=rule == "iid", generator=sampling.generator)
+    if rule == "iid":
+        drawn = torch.multinomial(flat, count, replacement=True, generator=sampling.generator)
+        return drawn.view(*probs.shape[:2], count)
+    has_mass = flat.sum(-1, keepdim=True) > 0  # a row without any is all padding: any weights do
+    drawn = torch.multinomial(torch.where(has_mass, flat, 1.0), count, replacement=False, generator=sampling.generator)
+    drawn = torch.where(flat.gather(1, drawn) > 0, drawn, -1)
     return drawn.view(*probs.shape[:2], count)
 
 
@@ -432,7 +443,8 @@ def _static_tree(
         if depth + 1 < len(spec.branching):  # the last level's nodes are leaves: never fed
             nodes = torch.arange(level_start, level_start + children.shape[1], device=device).expand(B, -1)
             attention = TreeAttention(root_position, depths, ancestors, nodes)
-            probs = sampling.probs(draft(children, cache=cache, tree=attention))
+            # A padding child (-1) is fed as token 0: its subtree is never reached.
+            probs = sampling.probs(draft(children.clamp_min(0), cache=cache, tree=attention))
         level_start += children.shape[1]
     draft_probs = torch.cat(child_probs, 1) if with_probs else None
     return DraftTree(torch.cat(tokens, 1), parents, draft_probs, draws, depths, ancestors)
@@ -613,13 +625,9 @@ def _chain_with_siblings(
     values = torch.cat([chain_probs, (1 - chain_probs) * largest], 2)
     siblings = torch.full_like(chain[:, :, None], -1).expand(-1, -1, spec.top_k)
     if spec.extra_nodes > 0:  # none kept: draw none, so the random stream is a chain's
-        # A level whose whole mass is its chain token has nothing to draw: any weights do, its
-        # draws are all padded below.
-        weights = torch.where(largest[:, :, :1] > 0, others, 1.0)
-        siblings = pick_children(weights, spec.top_k, "without_replacement", sampling)
-    # A draw beyond p_d's support is a zero-probability token, which the verifier must never see
-    # (it would accept it): such a slot (value 0, so kept only after every real one) is padding, -1.
-    siblings = torch.where(largest > 0, siblings, -1)
+        # Draws past p_d's support come back as padding (-1); their value s_dj is 0, so such a
+        # slot is kept only after every real sibling.
+        siblings = pick_children(others, spec.top_k, "without_replacement", sampling)
     indices = torch.cat([chain[:, :, None], siblings], 2)
     return chain_with_siblings_tree(values, indices, spec.extra_nodes, None, spec.keep_chain, probs)
 
